@@ -246,5 +246,6 @@ d = { 'settings': { 'branch': 'main',
                                                                                         'kdgat/data/vocabulary.py'),
                                        'kdgat.data.vocabulary.EntityVocabulary.to_json': ( 'data/vocabulary.html#entityvocabulary.to_json',
                                                                                            'kdgat/data/vocabulary.py')},
-            'kdgat.parallel': { 'kdgat.parallel.map_tasks': ('core/parallel.html#map_tasks', 'kdgat/parallel.py'),
+            'kdgat.parallel': { 'kdgat.parallel.available_cpus': ('core/parallel.html#available_cpus', 'kdgat/parallel.py'),
+                                'kdgat.parallel.map_tasks': ('core/parallel.html#map_tasks', 'kdgat/parallel.py'),
                                 'kdgat.parallel.ray_session': ('core/parallel.html#ray_session', 'kdgat/parallel.py')}}}

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# A private single-node SLURM cluster for kdgat's tests and CI (and for trying job scripts on a laptop).
+#   slurm/cluster.sh up     start munge, slurmctld and slurmd under $KDGAT_SLURM_DIR; prints the SLURM_CONF to export
+#   slurm/cluster.sh down   stop exactly the daemons 'up' started (by recorded PID; never by name)
+#   slurm/cluster.sh status
+# The node advertises two fake V100 GPUs (GRES), so '#SBATCH --gres=gpu:v100:1' scripts run unmodified, and
+# impossible requests fail at submission (EnforcePartLimits) instead of pending forever.
+set -euo pipefail
+DIR=${KDGAT_SLURM_DIR:-${TMPDIR:-/tmp}/kdgat-slurm}
+CONF=$DIR/etc/slurm.conf
+export SLURM_CONF=$CONF
+
+install_packages() {
+  command -v slurmctld >/dev/null && command -v munged >/dev/null && return 0
+  [ "$(id -u)" = 0 ] || { echo "slurm packages missing and not root: install slurmctld slurmd slurm-client munge" >&2; exit 1; }
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 \
+    slurmctld slurmd slurm-client munge >/dev/null
+}
+
+write_config() {
+  local node cpus mem
+  node=$(hostname -s); cpus=$(nproc); mem=$(( $(free -m | awk '/^Mem:/{print $2}') * 3 / 4 ))
+  mkdir -p "$DIR"/{etc,state,spool,log,run,gpu} "$DIR"/munge/{run,log,lib}
+  for i in 0 1; do [ -e "$DIR/gpu/nvidia$i" ] || touch "$DIR/gpu/nvidia$i"; done
+  cat > "$DIR/etc/gres.conf" <<CONF
+AutoDetect=off
+NodeName=$node Name=gpu Type=v100 File=$DIR/gpu/nvidia[0-1]
+CONF
+  cat > "$CONF" <<CONF
+ClusterName=kdgat
+SlurmctldHost=$node(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$DIR/munge/run/munge.socket.2
+SlurmctldPort=${KDGAT_SLURMCTLD_PORT:-6817}
+SlurmdPort=${KDGAT_SLURMD_PORT:-6818}
+StateSaveLocation=$DIR/state
+SlurmdSpoolDir=$DIR/spool/slurmd-%n
+SlurmctldPidFile=$DIR/run/slurmctld.pid
+SlurmdPidFile=$DIR/run/slurmd-%n.pid
+SlurmctldLogFile=$DIR/log/slurmctld.log
+SlurmdLogFile=$DIR/log/slurmd-%n.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/linux
+MpiDefault=none
+SwitchType=switch/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1000
+ReturnToService=2
+SlurmdParameters=config_overrides
+EnforcePartLimits=ALL
+DependencyParameters=kill_invalid_depend
+GresTypes=gpu
+MinJobAge=300
+KillWait=5
+InactiveLimit=0
+Waittime=0
+MailProg=/bin/true
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc=$DIR/log/jobcomp.txt
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:v100:2 Feature=v100 State=UNKNOWN
+PartitionName=cpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes=ALL MaxTime=INFINITE State=UP
+CONF
+}
+
+start_munge() {
+  [ -f "$DIR/munge/munge.key" ] || /usr/sbin/mungekey --create --keyfile="$DIR/munge/munge.key"
+  chown -R munge:munge "$DIR/munge"; chmod 755 "$DIR/munge" "$DIR/munge/run"
+  chmod 700 "$DIR/munge/log" "$DIR/munge/lib"; chmod 600 "$DIR/munge/munge.key"
+  runuser -u munge -- /usr/sbin/munged --socket="$DIR/munge/run/munge.socket.2" --key-file="$DIR/munge/munge.key" \
+    --pid-file="$DIR/munge/run/munged.pid" --log-file="$DIR/munge/log/munged.log" --seed-file="$DIR/munge/lib/munged.seed"
+}
+
+up() {
+  if [ -f "$DIR/run/slurmctld.bgpid" ] && kill -0 "$(cat "$DIR/run/slurmctld.bgpid")" 2>/dev/null; then
+    echo "export SLURM_CONF=$CONF"; return 0
+  fi
+  install_packages; write_config; start_munge
+  # foreground mode (-D) so that $! is the daemon itself; setsid keeps it out of our process group
+  setsid slurmctld -D -s >>"$DIR/log/slurmctld.out" 2>&1 </dev/null & echo $! >"$DIR/run/slurmctld.bgpid"
+  setsid slurmd -D -s >>"$DIR/log/slurmd.out" 2>&1 </dev/null & echo $! >"$DIR/run/slurmd.bgpid"
+  for _ in $(seq 1 150); do
+    if sinfo -h -o %T 2>/dev/null | grep -qx idle; then echo "export SLURM_CONF=$CONF"; return 0; fi
+    sleep 0.2
+  done
+  echo "slurm did not become idle; logs in $DIR/log" >&2; tail -5 "$DIR"/log/*.log >&2 || true; down >&2; exit 1
+}
+
+down() {
+  scancel --state=PENDING,RUNNING 2>/dev/null || true
+  for f in "$DIR/run/slurmd.bgpid" "$DIR/run/slurmctld.bgpid" "$DIR/munge/run/munged.pid"; do
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
+    if kill -TERM "$pid" 2>/dev/null; then
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$f"
+  done
+  echo "slurm down ($DIR)"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) sinfo -N -l 2>/dev/null || { echo "not running ($CONF)"; exit 1; } ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
