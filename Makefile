@@ -29,7 +29,7 @@ demo: setup
 test: setup test-nbs test-py
 
 test-nbs: setup
-	$(BIN)/nbdev_test --n_workers 2
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2
 
 test-py: setup
 	$(BIN)/python -m pytest -q -rs
