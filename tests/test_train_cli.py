@@ -35,3 +35,12 @@ def test_train_evaluate_bench(data_root, tmp_path):
     for m in out["models"]: assert m["p99_ms"] >= m["p50_ms"] > 0 and m["windows_per_second"] > 0 and m["parameters"] > 0
     r = subprocess.run([KDGAT, "evaluate", "--run", str(tmp_path / "nothing")], capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "no summary" in r.stderr
+    # the paper's results chapter computes its tables from this run (Quarto itself is not installable here)
+    import re
+    os.environ["KDGAT_RUN"] = str(run)
+    try:
+        ns: dict = {}
+        qmd = Path(__file__).resolve().parents[1] / "paper" / "02-results.qmd"
+        for chunk in re.findall(r"```\{python\}\n(.*?)```", qmd.read_text(), flags=re.S): exec(compile(chunk, str(qmd), "exec"), ns)
+    finally: del os.environ["KDGAT_RUN"]
+    assert "test_04_unknown_vehicle_unknown_attack" in ns["table"].columns and len(ns["table"]) == 20
