@@ -43,6 +43,23 @@ def test_preprocess_job_script(slurm, tmp_path):
     assert any((tmp_path / "data/cache/graphs").glob("*/*/manifest.json"))
 
 
+def test_train_job_script(slurm, tmp_path):
+    "The GPU training job (fake V100 GRES here, so Lightning falls back to the CPU) trains and evaluates a tiny dataset."
+    log, data = tmp_path / "train.out", tmp_path / "data"
+    data.mkdir()
+    (data / "catalog.yaml").write_text("synthetic:\n  raw: synthetic/tiny\n  synthetic: {seed: 2, scale: 0.2}\n")
+    env = {**os.environ, "KD_GAT_DATA_ROOT": str(data), "DATASET": "synthetic", "SEEDS": "0", "RUN_DIR": str(tmp_path / "run"),
+           "KDGAT_ARGS": "--calibration none --set training.max_epochs=1 --set training.patience=1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("KD_GAT_RAW_ROOT", None); env.pop("KD_GAT_CACHE_ROOT", None)
+    r = subprocess.run(["sbatch", "--wait", "--cpus-per-task=2", "--mem=8G", f"--output={log}", "--export=ALL",
+                        "slurm/train.sbatch"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    text = log.read_text() if log.exists() else ""
+    assert r.returncode == 0, f"{r.stdout}{r.stderr}\n{text[-3000:]}"
+    assert "kdgat train: dataset synthetic" in text and "test_02_unknown_vehicle_known_attack" in text and "±" in text, text[-3000:]
+    assert (tmp_path / "run" / "summary.parquet").is_file()
+
+
 def test_impossible_request_fails_at_submission(slurm, tmp_path):
     r = subprocess.run(["sbatch", "--cpus-per-task=4096", f"--output={tmp_path}/x.out", "slurm/preprocess.sbatch"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
