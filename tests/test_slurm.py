@@ -29,33 +29,31 @@ def slurm():
         del os.environ["SLURM_CONF"]
 
 
-def test_preprocess_job_script(slurm, tmp_path):
-    log = tmp_path / "job.out"
-    env = {**os.environ, "KD_GAT_DATA_ROOT": str(tmp_path / "data"), "DATASET": "synthetic",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+def _submit(script: str, log: Path, data_root: Path, mem: str, timeout: int, **env_extra) -> str:
+    "sbatch --wait a job script of slurm/ with a private data root; returns its log (asserting it succeeded)."
+    env = {**os.environ, "KD_GAT_DATA_ROOT": str(data_root), "DATASET": "synthetic",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env_extra}
     env.pop("KD_GAT_RAW_ROOT", None); env.pop("KD_GAT_CACHE_ROOT", None)
     # the 8 CPUs / 85 GB of the cluster defaults do not fit this node: the command line overrides them
-    r = subprocess.run(["sbatch", "--wait", "--cpus-per-task=2", "--mem=4G", f"--output={log}", "--export=ALL",
-                        "slurm/preprocess.sbatch"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(["sbatch", "--wait", "--cpus-per-task=2", f"--mem={mem}", f"--output={log}", "--export=ALL",
+                        f"slurm/{script}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     text = log.read_text() if log.exists() else ""
-    assert r.returncode == 0, f"{r.stdout}{r.stderr}\n{text}"
+    assert r.returncode == 0, f"{r.stdout}{r.stderr}\n{text[-3000:]}"
+    return text
+
+
+def test_preprocess_job_script(slurm, tmp_path):
+    text = _submit("preprocess.sbatch", tmp_path / "job.out", tmp_path / "data", "4G", 300)
     assert "kdgat preprocess: dataset synthetic" in text and "test_04_unknown_vehicle_unknown_attack" in text, text
     assert any((tmp_path / "data/cache/graphs").glob("*/*/manifest.json"))
 
 
 def test_train_job_script(slurm, tmp_path):
     "The GPU training job (fake V100 GRES here, so Lightning falls back to the CPU) trains and evaluates a tiny dataset."
-    log, data = tmp_path / "train.out", tmp_path / "data"
-    data.mkdir()
+    data = tmp_path / "data"; data.mkdir()
     (data / "catalog.yaml").write_text("synthetic:\n  raw: synthetic/tiny\n  synthetic: {seed: 2, scale: 0.2}\n")
-    env = {**os.environ, "KD_GAT_DATA_ROOT": str(data), "DATASET": "synthetic", "SEEDS": "0", "RUN_DIR": str(tmp_path / "run"),
-           "KDGAT_ARGS": "--calibration none --set training.max_epochs=1 --set training.patience=1",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("KD_GAT_RAW_ROOT", None); env.pop("KD_GAT_CACHE_ROOT", None)
-    r = subprocess.run(["sbatch", "--wait", "--cpus-per-task=2", "--mem=8G", f"--output={log}", "--export=ALL",
-                        "slurm/train.sbatch"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    text = log.read_text() if log.exists() else ""
-    assert r.returncode == 0, f"{r.stdout}{r.stderr}\n{text[-3000:]}"
+    text = _submit("train.sbatch", tmp_path / "train.out", data, "8G", 600, SEEDS="0", RUN_DIR=str(tmp_path / "run"),
+                   KDGAT_ARGS="--calibration none --set training.max_epochs=1 --set training.patience=1")
     assert "kdgat train: dataset synthetic" in text and "test_02_unknown_vehicle_known_attack" in text and "±" in text, text[-3000:]
     assert (tmp_path / "run" / "summary.parquet").is_file()
 
