@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 demo: setup
-	$(BIN)/kdgat demo
+	$(BIN)/kdgat run --tag demo
 
 test: setup test-nbs test-py
 
