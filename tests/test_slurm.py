@@ -58,6 +58,21 @@ def test_train_job_script(slurm, tmp_path):
     assert (tmp_path / "run" / "summary.parquet").is_file()
 
 
+@pytest.mark.slow
+def test_pipeline_job_script(slurm, tmp_path):
+    "`kdgat run` inside one allocation: a private Ray instance, the stage notebooks, then the post-job W&B sync."
+    data = tmp_path / "data"; data.mkdir()
+    (data / "catalog.yaml").write_text("synthetic:\n  raw: synthetic/tiny\n  synthetic: {seed: 2, scale: 0.2}\n")
+    text = _submit("run.sbatch", tmp_path / "run.out", data, "8G", 600, TAG="slurmtest", SYNC_ARGS="--dry-run",
+                   RAY_AUTH_MODE="disabled", KD_GAT_S3_ENDPOINT="none",
+                   KDGAT_ARGS="--seeds 0 --variants small --no-baseline --set training.max_epochs=1")
+    assert "kdgat run: dataset synthetic" in text and "done in" in text and "(5 success)" in text, text[-3000:]
+    assert "offline W&B run(s)" in text, text[-2000:]
+    run = next((data / "runs").glob("*-slurmtest"))
+    assert (run / "_COMPLETE.json").is_file()
+    assert (run / "synthetic/none/seed0/small/evaluate/evaluate.ipynb").is_file()
+
+
 def test_impossible_request_fails_at_submission(slurm, tmp_path):
     r = subprocess.run(["sbatch", "--cpus-per-task=4096", f"--output={tmp_path}/x.out", "slurm/preprocess.sbatch"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
