@@ -72,9 +72,9 @@ def cmd_bench(args) -> int:
     return 0
 
 def _default_run_dir(tag: str) -> Path:
-    import subprocess, time
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip() or "nogit"
-    return Paths.from_env().runs_root / f"{time.strftime('%Y%m%d-%H%M%S')}_{rev}_{tag}"
+    "A new run folder under the data root, named like the pipeline's runs (`new_run_id`)."
+    from kdgat.pipeline.runs import new_run_id
+    return Paths.from_env().runs_root / new_run_id(tag)
 
 def cmd_train(args) -> int:
     "Train and evaluate every model and variant (the experiment protocol) on one dataset."
@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     sp.add_argument("--calibration", nargs="+", choices=["none", "prefix"], default=["none", "prefix"],
                     help="zero-shot, and/or per-vehicle calibration on each capture's first seconds")
-    sp.add_argument("--out", type=Path, help="run folder (default: $KD_GAT_DATA_ROOT/runs/<date>_<rev>_train-<dataset>)")
+    sp.add_argument("--out", type=Path, help="run folder (default: $KD_GAT_DATA_ROOT/runs/<date>-<time>-<rev>-train-<dataset>)")
     sp.set_defaults(fn=cmd_train)
     sp = sub.add_parser("evaluate", help="print the per-scenario results table of a training run")
     sp.add_argument("--run", type=Path, required=True); sp.add_argument("--metric", nargs="+", default=["f1", "roc_auc"])
