@@ -28,8 +28,19 @@ demo: setup
 
 test: setup test-nbs test-py
 
+# the notebooks write into $KD_GAT_DATA_ROOT: the caller's when set (CI sets one), else a temporary one, removed
+# afterwards (raw and cache roots follow it), so that a test never writes into the user's ~/kd-gat-data
 test-nbs: setup
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2
+	@if [ -n "$$KD_GAT_DATA_ROOT" ]; then \
+	  echo "KD_GAT_DATA_ROOT=$$KD_GAT_DATA_ROOT"; \
+	  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2; \
+	else \
+	  root=$$(mktemp -d "$${TMPDIR:-/tmp}/kdgat-test-nbs.XXXXXX") || exit 1; \
+	  trap 'rm -rf "$$root"' EXIT; trap 'exit 130' INT TERM; \
+	  echo "KD_GAT_DATA_ROOT=$$root (temporary)"; \
+	  env -u KD_GAT_RAW_ROOT -u KD_GAT_CACHE_ROOT KD_GAT_DATA_ROOT="$$root" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+	    $(BIN)/nbdev_test --n_workers 2; \
+	fi
 
 test-py: setup
 	$(BIN)/python -m pytest -q -rs

@@ -17,6 +17,7 @@ __all__ = ['BUILTIN_CATALOG', 'CatalogError', 'Columns', 'DatasetEntry', 'load_c
 class CatalogError(ValueError):
     "A catalog entry that is malformed or points at nothing."
 
+# %% ../nbs/core/01_catalog.ipynb #8b268ea2
 class Columns(BaseModel):
     "Column names of a CSV capture."
     model_config = ConfigDict(extra="forbid")
@@ -25,6 +26,7 @@ class Columns(BaseModel):
     payload: str = "data_field"
     label: str = "attack"
 
+# %% ../nbs/core/01_catalog.ipynb #6ab9aa20
 class DatasetEntry(BaseModel):
     "One dataset: where it is and how it is laid out."
     model_config = ConfigDict(extra="forbid")
@@ -92,6 +94,7 @@ synthetic:
   synthetic: {seed: 0, scale: 1.0}
 """
 
+# %% ../nbs/core/01_catalog.ipynb #9a86dce1
 def _parse_catalog(text: str, source: str) -> dict[str, dict]:
     try: data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -101,6 +104,7 @@ def _parse_catalog(text: str, source: str) -> dict[str, dict]:
         raise CatalogError(f"{source}:1: expected a mapping of dataset name -> entry")
     return data
 
+# %% ../nbs/core/01_catalog.ipynb #25acb149
 def load_catalog(*extra: str | Path, paths: Paths | None = None) -> dict[str, DatasetEntry]:
     "The built-in catalog, then `$KD_GAT_DATA_ROOT/catalog.yaml`, then `extra` files; later entries override keys."
     paths = paths or Paths.from_env()
@@ -113,7 +117,8 @@ def load_catalog(*extra: str | Path, paths: Paths | None = None) -> dict[str, Da
         files.append((str(f), f.read_text()))
     for source, text in files:
         for name, entry in _parse_catalog(text, source).items():
-            merged[name] = {**merged.get(name, {}), **entry}; sources[name] = source
+            merged[name] = {**merged.get(name, {}), **entry}
+            sources[name] = source
     out = {}
     for name, entry in merged.items():
         try: out[name] = DatasetEntry(name=name, **{k: v for k, v in entry.items() if k != "name"})
@@ -122,6 +127,7 @@ def load_catalog(*extra: str | Path, paths: Paths | None = None) -> dict[str, Da
             raise CatalogError(f"{sources[name]}: dataset {name!r}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     return out
 
+# %% ../nbs/core/01_catalog.ipynb #b2b06f1d
 def get_entry(name: str, *extra: str | Path, paths: Paths | None = None) -> DatasetEntry:
     "One catalog entry by name, with a helpful error for unknown names."
     cat = load_catalog(*extra, paths=paths)

@@ -15,6 +15,7 @@ def available_cpus() -> int:
     if slurm.isdigit(): return int(slurm)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
+# %% ../nbs/core/02_parallel.ipynb #b1db8fc6
 @contextlib.contextmanager
 def ray_session(num_cpus: int | None = None,  # CPUs for a new local instance (default: `available_cpus()`)
                 object_store_mb: int = 256,  # object store of a new instance: tasks here pass small results
@@ -23,7 +24,8 @@ def ray_session(num_cpus: int | None = None,  # CPUs for a new local instance (d
     "Use the caller's Ray if initialised, else attach to `address` or start a private local instance; shut down only what it started."
     import ray
     if ray.is_initialized():
-        yield ray; return
+        yield ray
+        return
     if address:  # somebody else's cluster: connect, and on leaving disconnect without stopping it
         ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=False)
         try: yield ray
@@ -36,13 +38,15 @@ def ray_session(num_cpus: int | None = None,  # CPUs for a new local instance (d
     try: yield ray
     finally: ray.shutdown()
 
+# %% ../nbs/core/02_parallel.ipynb #ee23cd6c
 def map_tasks(fn: Callable, items: Sequence, executor: Literal["local", "ray"] = "local",
               on_result: Callable[[Any], None] | None = None, num_cpus: int | None = None) -> list:
     "`[fn(x) for x in items]`, in-process or as Ray tasks; `on_result` sees each result as it completes."
     if executor == "local" or len(items) <= 1:
         out = []
         for it in items:
-            r = fn(it); out.append(r)
+            r = fn(it)
+            out.append(r)
             if on_result: on_result(r)
         return out
     with ray_session(num_cpus) as ray:

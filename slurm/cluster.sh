@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # A private single-node SLURM cluster for kdgat's tests and CI (and for trying job scripts on a laptop).
-#   slurm/cluster.sh up     start munge, slurmctld and slurmd under $KDGAT_SLURM_DIR; prints the SLURM_CONF to export
+#   slurm/cluster.sh up     start munge, slurmctld and slurmd under $KD_GAT_SLURM_DIR; prints the SLURM_CONF to export
 #   slurm/cluster.sh down   stop exactly the daemons 'up' started (by recorded PID; never by name)
 #   slurm/cluster.sh status
 # The node advertises two fake V100 GPUs (GRES), so '#SBATCH --gres=gpu:v100:1' scripts run unmodified, and
 # impossible requests fail at submission (EnforcePartLimits) instead of pending forever.
 set -euo pipefail
-DIR=${KDGAT_SLURM_DIR:-${TMPDIR:-/tmp}/kdgat-slurm}
+DIR=${KD_GAT_SLURM_DIR:-${TMPDIR:-/tmp}/kdgat-slurm}
 CONF=$DIR/etc/slurm.conf
 export SLURM_CONF=$CONF
 
@@ -35,8 +35,8 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$DIR/munge/run/munge.socket.2
-SlurmctldPort=${KDGAT_SLURMCTLD_PORT:-6817}
-SlurmdPort=${KDGAT_SLURMD_PORT:-6818}
+SlurmctldPort=${KD_GAT_SLURMCTLD_PORT:-6817}
+SlurmdPort=${KD_GAT_SLURMD_PORT:-6818}
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool/slurmd-%n
 SlurmctldPidFile=$DIR/run/slurmctld.pid

@@ -8,9 +8,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "kdgat"
 
-# lower layers never import higher ones (see DESIGN.md, "The shape of the package")
-LAYER = {"config": 0, "catalog": 1, "parallel": 1, "data": 2, "models": 3, "train": 4, "evaluate": 4,
-         "lakehouse": 1, "pipeline": 5, "bench": 6, "cli": 7}
+# lower layers never import higher ones (see DESIGN.md, "The shape of the package"); a module may import its own
+# layer and any layer below it. evaluate sits above train: evaluate may import train, train never imports evaluate.
+LAYER = {"config": 0, "files": 0, "catalog": 1, "parallel": 1, "lakehouse": 1, "data": 2, "models": 3, "train": 4,
+         "evaluate": 5, "pipeline": 6, "bench": 7, "cli": 8}
 
 
 def _modules():
@@ -27,22 +28,124 @@ def test_every_module_is_generated_by_nbdev():
         assert (p.parent / src).resolve().is_file(), f"{p} names {src}, which does not exist"
 
 
-def _layer(module: str) -> int | None:
-    parts = module.split(".")
-    return LAYER.get(parts[1]) if len(parts) > 1 and parts[0] == "kdgat" else None
+def _module_name(path: Path, pkg: Path) -> tuple[str, bool]:
+    "The dotted name of the module at `path` inside the package folder `pkg`, and whether it is a package (`__init__`)."
+    parts = [pkg.name, *path.relative_to(pkg).with_suffix("").parts]
+    is_pkg = parts[-1] == "__init__"
+    return ".".join(parts[:-1] if is_pkg else parts), is_pkg
 
 
-@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PKG)))
-def test_imports_run_one_way(path):
-    me = "kdgat." + ".".join(path.relative_to(PKG).with_suffix("").parts)
-    mine = _layer(me)
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
-        for n in names:
-            theirs = _layer(n)
-            if mine is not None and theirs is not None:
-                assert theirs <= mine, f"{me} (layer {mine}) imports {n} (layer {theirs})"
+def imported_names(tree: ast.AST, me: str, is_pkg: bool) -> list[tuple[int, str]]:
+    """Every name `me` imports, as (line, absolute dotted name); relative imports resolved against `me`'s package.
+
+    `from X import a` yields `X.a` (a may be a submodule: `from .. import evaluate` is `<root>.evaluate`), `import X`
+    and `from X import *` yield `X`. A relative import that climbs above the top package yields `<beyond top>...`."""
+    package = me.split(".") if is_pkg else me.split(".")[:-1]
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                up = node.level - 1
+                if up >= len(package):
+                    out.append((node.lineno, f"<beyond top>{'.' * node.level}{node.module or ''}"))
+                    continue
+                base = ".".join(package[:len(package) - up] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            out += [(node.lineno, base if a.name == "*" else f"{base}.{a.name}") for a in node.names]
+    return out
+
+
+def import_violations(pkg: Path, layers: dict[str, int] = LAYER) -> list[str]:
+    """Every import in the package folder `pkg` that runs upward in `layers`, names a subpackage or module of `pkg`
+    that has no layer, or climbs above `pkg`; one line each (empty when the imports run one way)."""
+    root = pkg.name
+    def layer_of(name: str) -> int | str | None:
+        "The layer of a dotted name: None outside the package (or the package itself), '?' for an unknown one."
+        parts = name.split(".")
+        return layers.get(parts[1], "?") if len(parts) > 1 and parts[0] == root else None
+    bad = []
+    for path in sorted(pkg.rglob("*.py")):
+        if path.name == "_modidx.py": continue
+        me, is_pkg = _module_name(path, pkg)
+        where = path.relative_to(pkg.parent)
+        mine = layer_of(me)
+        if mine == "?":
+            bad.append(f"{where}: module {me} has no layer (add its top-level name to the layer table)")
+            continue
+        for line, name in imported_names(ast.parse(path.read_text(), str(path)), me, is_pkg):
+            if name.startswith("<beyond top>"):
+                bad.append(f"{where}:{line}: relative import {name.removeprefix('<beyond top>')} climbs above {root}")
+                continue
+            theirs = layer_of(name)
+            if theirs is None or mine is None: continue  # outside the package, or the top-level __init__
+            if theirs == "?": bad.append(f"{where}:{line}: {me} imports {name}, which has no layer")
+            elif theirs > mine: bad.append(f"{where}:{line}: {me} (layer {mine}) imports {name} (layer {theirs})")
+    return bad
+
+
+def test_imports_run_one_way():
+    assert _modules(), "kdgat/ has no modules: run nbdev_export"
+    bad = import_violations(PKG)
+    assert not bad, "imports that run upward (see DESIGN.md, 'The shape of the package'):\n" + "\n".join(bad)
+
+
+def _fake_package(root: Path, files: dict[str, str]) -> Path:
+    "A package folder `root/kdgat` holding the given modules, `__init__.py` in every folder."
+    pkg = root / "kdgat"
+    for rel, text in {"config.py": "", **files}.items():
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).write_text(text)
+    for d in [pkg, *(d for d in pkg.rglob("*") if d.is_dir())]: (d / "__init__.py").touch()
+    return pkg
+
+
+@pytest.mark.parametrize("stmt", ["from ..pipeline import y", "from ..pipeline.y import f", "from .. import pipeline",
+                                  "from .. import config, pipeline", "import kdgat.pipeline.y",
+                                  "from kdgat.pipeline import y", "from kdgat import pipeline",
+                                  "def g():\n    from ..pipeline.y import f\n    return f"])
+def test_checker_reports_an_upward_import(tmp_path, stmt):
+    pkg = _fake_package(tmp_path, {"data/x.py": stmt + "\n", "pipeline/y.py": "def f(): pass\n"})
+    bad = import_violations(pkg)
+    assert len(bad) == 1 and "kdgat.data.x (layer 2) imports kdgat.pipeline" in bad[0] and "data/x.py:" in bad[0], bad
+
+
+def test_checker_reports_upward_imports_from_a_subpackage_init_and_across_levels(tmp_path):
+    pkg = _fake_package(tmp_path, {"data/__init__.py": "from ..models import m\n", "models/m.py": "",
+                                   "data/sub/deep.py": "from ...evaluate.metrics import f\n", "evaluate/metrics.py": ""})
+    bad = import_violations(pkg)
+    assert any("kdgat.data (layer 2) imports kdgat.models.m (layer 3)" in b for b in bad), bad
+    assert any("kdgat.data.sub.deep (layer 2) imports kdgat.evaluate.metrics.f (layer 5)" in b for b in bad), bad
+    assert len(bad) == 2, bad
+
+
+def test_checker_reports_train_importing_evaluate(tmp_path):
+    "evaluate sits above train (evaluate may use training; training never needs evaluation)."
+    pkg = _fake_package(tmp_path, {"train/systems.py": "from ..evaluate.metrics import roc_auc\n", "evaluate/metrics.py": "",
+                                   "evaluate/experiment.py": "from ..train.systems import fit_system\n"})
+    bad = import_violations(pkg)
+    assert len(bad) == 1 and "kdgat.train.systems (layer 4) imports kdgat.evaluate.metrics.roc_auc (layer 5)" in bad[0], bad
+
+
+def test_checker_reports_unknown_layers_and_imports_above_the_package(tmp_path):
+    pkg = _fake_package(tmp_path, {"extra.py": "", "data/x.py": "from ..extra import z\nfrom ... import elsewhere\n"})
+    bad = import_violations(pkg)
+    assert any("module kdgat.extra has no layer" in b for b in bad), bad
+    assert any("imports kdgat.extra.z, which has no layer" in b for b in bad), bad
+    assert any("climbs above kdgat" in b for b in bad), bad
+
+
+def test_checker_passes_downward_imports(tmp_path):
+    pkg = _fake_package(tmp_path, {
+        "data/x.py": "import os\nfrom pathlib import Path\nfrom ..config import Paths\nfrom .. import config\nfrom . import z\n",
+        "data/z.py": "from .x import Path\n",
+        "pipeline/y.py": "from ..data.x import Paths\nfrom kdgat.data import x\nimport kdgat.config\nfrom .. import data, config\n"
+                         "from . import w\nfrom .w import *\n",
+        "pipeline/w.py": "", "cli.py": "from .pipeline.y import Paths\nfrom . import data, pipeline\nimport kdgat\n",
+        "__init__.py": "from .cli import Paths\n"})
+    assert import_violations(pkg) == []
 
 
 def test_console_script_help():

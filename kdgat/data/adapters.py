@@ -32,6 +32,7 @@ class RawFile:
     @property
     def attack_code(self) -> int: return ATTACK_TYPES[self.attack_type]
 
+# %% ../../nbs/data/15_adapters.ipynb #327eec9c
 class DomainAdapter(ABC):
     "What one kind of traffic needs: discover, read, vocabulary, standard form."
     def __init__(self, entry: DatasetEntry | None = None, strict: bool = True, validate: bool = True):
@@ -105,6 +106,7 @@ class CANBusAdapter(DomainAdapter):
 
 ADAPTERS: dict[str, type[DomainAdapter]] = {"can_bus": CANBusAdapter}
 
+# %% ../../nbs/data/15_adapters.ipynb #8fcc67c2
 def get_adapter(entry: DatasetEntry, strict: bool = True, validate: bool = True) -> DomainAdapter:
     "The adapter a catalog entry names."
     if entry.adapter not in ADAPTERS:

@@ -27,6 +27,7 @@ def code_version() -> str:
         if p.is_file(): h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
+# %% ../../nbs/data/16_cache.ipynb #9788ce3f
 def file_digest(path: str | Path, block: int = 1 << 23) -> str:
     "sha256 of a file's content."
     h = hashlib.sha256()
@@ -34,15 +35,12 @@ def file_digest(path: str | Path, block: int = 1 << 23) -> str:
         while chunk := f.read(block): h.update(chunk)
     return h.hexdigest()
 
+# %% ../../nbs/data/16_cache.ipynb #69e991a4
 def cache_key(**parts) -> str:
     "Stable key from named parts (digests, settings, versions)."
     return hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:24]
 
 # %% ../../nbs/data/16_cache.ipynb #9ac9275e
-def _atomic_write_text(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text); os.replace(tmp, path)
-
 class ShardedCache:
     "Graph sets under `root/<key[:2]>/<key>/`, each a manifest plus tensor shards."
     def __init__(self, root: str | Path): self.root = Path(root)
@@ -69,7 +67,8 @@ class ShardedCache:
                 name = f"shard-{i:05d}.pt"
                 torch.save({"format": CACHE_FORMAT, "tensors": gs.tensors, "node_ptr": gs.node_ptr, "edge_ptr": gs.edge_ptr}, tmp / name)
                 files.append({"file": name, "graphs": gs.num_graphs})
-                n_graphs += gs.num_graphs; n_attack += int(gs.tensors["y"].sum())
+                n_graphs += gs.num_graphs
+                n_attack += int(gs.tensors["y"].sum())
             manifest = {"format": CACHE_FORMAT, "key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "graphs": n_graphs, "attack_graphs": n_attack, "shards": files, **(meta or {})}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -97,5 +96,6 @@ class ShardedCache:
         removed = []
         for p in self.root.glob("*/.tmp-*"):
             if time.time() - p.stat().st_mtime > older_than_s:
-                shutil.rmtree(p, ignore_errors=True); removed.append(p)
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
         return removed

@@ -3,7 +3,7 @@
 # %% ../../nbs/data/13_engine.ipynb #862ff03a
 from __future__ import annotations
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -51,7 +51,9 @@ class GraphSet(InMemoryDataset):
         def ptrs(name):
             out, base = [torch.zeros(1, dtype=torch.long)], 0
             for s in sets:
-                p = getattr(s, name); out.append(p[1:] + base); base += int(p[-1])
+                p = getattr(s, name)
+                out.append(p[1:] + base)
+                base += int(p[-1])
             return torch.cat(out)
         return cls(tensors, ptrs("node_ptr"), ptrs("edge_ptr"))
 
@@ -84,10 +86,12 @@ def _group_starts(keys: np.ndarray, row_len: int) -> np.ndarray:
     flags[::row_len] = True
     return flags
 
+# %% ../../nbs/data/13_engine.ipynb #9ae21c1f
 def _segment_sums(a: np.ndarray, first: np.ndarray) -> np.ndarray:
     "Sums of a 1-D array over contiguous, ordered segments starting at `first`."
     return np.add.reduceat(a, first).astype(np.float64)
 
+# %% ../../nbs/data/13_engine.ipynb #32282230
 _EVEN_BYTES = np.uint64(0x00FF00FF00FF00FF)
 
 def _payload_sums(payload: np.ndarray, rows: np.ndarray, first: np.ndarray, window_size: int) -> np.ndarray:
@@ -103,6 +107,7 @@ def _payload_sums(payload: np.ndarray, rows: np.ndarray, first: np.ndarray, wind
     out[:, 0::2], out[:, 1::2] = even, odd
     return out
 
+# %% ../../nbs/data/13_engine.ipynb #44addc5e
 def _inter_arrival(timestamp: np.ndarray, code: np.ndarray, n_codes: int) -> np.ndarray:
     "Seconds since the previous message with the same ID code (0 for an ID's first message)."
     order = np.argsort(code.astype(np.uint16) if n_codes <= 1 << 16 else code, kind="stable")  # radix sort for 16-bit codes
@@ -110,20 +115,221 @@ def _inter_arrival(timestamp: np.ndarray, code: np.ndarray, n_codes: int) -> np.
     gaps = np.zeros(len(order))
     gaps[1:] = np.diff(ts_sorted)
     gaps[1:][code_sorted[1:] != code_sorted[:-1]] = 0.0
-    out = np.empty(len(order)); out[order] = gaps
+    out = np.empty(len(order))
+    out[order] = gaps
     return out
 
+# %% ../../nbs/data/13_engine.ipynb #cc51aeef
 def _compact_codes(can_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     "Dense per-file codes of raw IDs (sorted order) and the raw ID of each code."
     if len(can_id) and can_id.max() < 1 << 16:  # standard IDs: a presence table instead of a sort
-        present = np.zeros(1 << 16, bool); present[can_id] = True
+        present = np.zeros(1 << 16, bool)
+        present[can_id] = True
         uniq = np.flatnonzero(present)
-        lut = np.zeros(1 << 16, np.int64); lut[uniq] = np.arange(len(uniq))
+        lut = np.zeros(1 << 16, np.int64)
+        lut[uniq] = np.arange(len(uniq))
         return lut[can_id], uniq
     uniq, code = np.unique(can_id, return_inverse=True)
     return code.astype(np.int64), uniq
 
-# %% ../../nbs/data/13_engine.ipynb #3ddff379
+# %% ../../nbs/data/13_engine.ipynb #16dc7bdf
+@dataclass
+class _Capture:
+    "One capture's arrays, prepared once for all its chunks."
+    ts: np.ndarray  # float64 timestamps
+    code: np.ndarray  # dense ID code of each message
+    n_codes: int
+    code_index: np.ndarray  # vocabulary index of each code
+    iat: np.ndarray  # seconds since the previous message of the same ID
+    payload: np.ndarray  # (messages, 8) uint8
+    label: np.ndarray  # int8
+    attack_type: np.ndarray | None
+    oov: int  # the out-of-vocabulary index
+
+    @classmethod
+    def prepare(cls, timestamp, can_id, id_index, payload, label, attack_type=None, oov_index: int | None = None) -> _Capture:
+        "Validate and convert the columns of one capture."
+        ts = np.ascontiguousarray(timestamp, dtype=np.float64)
+        can_id = np.asarray(can_id, dtype=np.int64)
+        id_index = np.asarray(id_index, dtype=np.int64)
+        payload = np.ascontiguousarray(payload, dtype=np.uint8)
+        label = np.asarray(label, dtype=np.int8)
+        n = len(ts)
+        if not (len(can_id) == len(id_index) == len(payload) == len(label) == n):
+            raise ValueError("timestamp, can_id, id_index, payload and label must have the same length")
+        code, _ = _compact_codes(can_id)
+        n_codes = int(code.max()) + 1 if n else 0
+        code_index = np.zeros(max(n_codes, 1), np.int64)
+        code_index[code] = id_index
+        iat = _inter_arrival(ts, code, n_codes)
+        oov = int(id_index.max(initial=0)) + 1 if oov_index is None else oov_index
+        return cls(ts, code, n_codes, code_index, iat, payload, label, attack_type, oov)
+
+# %% ../../nbs/data/13_engine.ipynb #c3a30c45
+def _window_messages(g0: int, g1: int, window_size: int, stride: int) -> np.ndarray:
+    "Message numbers of windows `g0..g1-1`, one row per window."
+    W, S, C = window_size, stride, g1 - g0
+    if S == W: return np.arange(g0 * W, g1 * W).reshape(C, W)  # contiguous: no gather needed
+    return np.arange(g0, g1)[:, None] * S + np.arange(W)
+
+# %% ../../nbs/data/13_engine.ipynb #ba1b2b66
+class _Nodes(NamedTuple):
+    "The nodes of a chunk: messages grouped by (window, ID code)."
+    npos: np.ndarray  # (windows, W): positions of the messages in sorted order
+    ncode: np.ndarray  # (windows, W): their ID codes
+    sorted_msg: np.ndarray  # message numbers in sorted order
+    first: np.ndarray  # each node's first and last message, as indices into the sorted order
+    last: np.ndarray
+    counts: np.ndarray  # messages per node (float64)
+    node_win: np.ndarray  # window (within the chunk) of each node
+    node_ptr: np.ndarray  # (windows + 1) start of each window's nodes
+    node_of_msg: np.ndarray  # node number of each message, in window order
+
+def _group_nodes(msg: np.ndarray, cw: np.ndarray, key_dtype) -> _Nodes:
+    "Sort each window's messages by (code, position); equal codes become contiguous groups, one per node."
+    C, W = cw.shape
+    pos = np.arange(W)
+    nkey = np.sort(cw.astype(key_dtype) * W + pos.astype(key_dtype), axis=1)
+    ncode, npos = nkey // W, nkey % W
+    starts_flag = _group_starts(ncode, W)
+    node_of_sorted = np.cumsum(starts_flag) - 1  # node number of each sorted message
+    sorted_msg = (msg[:, :1] + npos).ravel()  # rows of msg are consecutive message numbers
+    node_of_msg = np.empty(C * W, np.int64)  # node number of each message, in window order
+    node_of_msg[(np.arange(C)[:, None] * W + npos).ravel()] = node_of_sorted
+    first = np.flatnonzero(starts_flag)
+    last = np.append(first[1:], C * W) - 1
+    counts = (last - first + 1).astype(np.float64)
+    node_win = first // W
+    node_ptr = np.zeros(C + 1, np.int64)
+    np.cumsum(np.bincount(node_win, minlength=C), out=node_ptr[1:])
+    return _Nodes(npos, ncode, sorted_msg, first, last, counts, node_win, node_ptr, node_of_msg)
+
+# %% ../../nbs/data/13_engine.ipynb #c7888cf7
+def _node_features(nodes: _Nodes, cap: _Capture, W: int) -> tuple[np.ndarray, np.ndarray]:
+    "Node features `x` (nodes, 13) float32 and node labels `node_y` int8."
+    first, last, counts, sorted_msg = nodes.first, nodes.last, nodes.counts, nodes.sorted_msg
+    x = np.empty((len(first), len(NODE_FEATURES)), np.float32)
+    x[:, 0] = cap.code_index[nodes.ncode.ravel()[first]]
+    seg = lambda a: _segment_sums(a, first)
+    x[:, 1:9] = _payload_sums(cap.payload, sorted_msg, first, W) / (counts[:, None] * 255.0)
+    x[:, 9] = counts / W
+    x[:, 10] = nodes.npos.ravel()[last] / (W - 1)
+    it = cap.iat[sorted_msg]
+    s1, s2, n_known = seg(it), seg(it * it), seg((it > 0).astype(np.float64))
+    mean = np.divide(s1, n_known, out=np.zeros_like(s1), where=n_known > 0)
+    var = np.maximum(np.divide(s2, n_known, out=np.zeros_like(s2), where=n_known > 0) - mean * mean, 0)
+    x[:, 11] = np.log1p(mean * 1e3)
+    x[:, 12] = np.divide(np.sqrt(var), mean, out=np.zeros_like(mean), where=mean > 0)
+    node_y = (seg(cap.label[sorted_msg].astype(np.int32)) > 0).astype(np.int8)
+    return x, node_y
+
+# %% ../../nbs/data/13_engine.ipynb #c5c63b73
+class _Edges(NamedTuple):
+    "The edges of a chunk: transitions grouped by (window, source code, target code)."
+    epos: np.ndarray  # (windows, W - 1): transition positions in sorted order
+    eflag: np.ndarray  # where each edge's group starts in that order
+    count: np.ndarray  # occurrences of each edge (float64)
+    edge_win: np.ndarray  # window (within the chunk) of each edge
+    p_first: np.ndarray  # first and last transition position of each edge
+    p_last: np.ndarray
+    src: np.ndarray  # source and target node, numbered across the chunk
+    dst: np.ndarray
+    local_src: np.ndarray  # the same, numbered within the edge's window
+    local_dst: np.ndarray
+
+def _group_edges(cw: np.ndarray, nodes: _Nodes, n_codes: int, key_dtype) -> _Edges:
+    "Transitions p -> p+1 inside each window, grouped into edges."
+    C, W = cw.shape
+    pos = np.arange(W)
+    src, dst = cw[:, :-1].astype(key_dtype), cw[:, 1:].astype(key_dtype)
+    ekey = np.sort((src * n_codes + dst) * W + pos[:-1].astype(key_dtype), axis=1)
+    epair, epos = ekey // W, ekey % W
+    eflag = _group_starts(epair, W - 1)
+    efirst = np.flatnonzero(eflag)
+    elast = np.append(efirst[1:], C * (W - 1)) - 1
+    ecount = (elast - efirst + 1).astype(np.float64)
+    edge_win = efirst // (W - 1)
+    p_first, p_last = epos.ravel()[efirst], epos.ravel()[elast]
+    tmsg = (edge_win * W + p_first)  # a message (within the chunk) where this transition starts
+    e_src = nodes.node_of_msg[tmsg]
+    e_dst = nodes.node_of_msg[tmsg + 1]
+    ls, ld = e_src - nodes.node_ptr[edge_win], e_dst - nodes.node_ptr[edge_win]
+    return _Edges(epos, eflag, ecount, edge_win, p_first, p_last, e_src, e_dst, ls, ld)
+
+# %% ../../nbs/data/13_engine.ipynb #d09c58ee
+def _gap_stats(edges: _Edges) -> tuple[np.ndarray, np.ndarray]:
+    "Mean and std of the position gaps between successive occurrences of each edge."
+    ecount = edges.count
+    gaps = np.diff(edges.epos.ravel()).astype(np.float64)
+    gaps[edges.eflag[1:]] = 0.0  # no gap across group boundaries
+    egid = np.cumsum(edges.eflag) - 1
+    g1s = np.bincount(egid[1:], weights=gaps, minlength=len(ecount))
+    g2s = np.bincount(egid[1:], weights=gaps * gaps, minlength=len(ecount))
+    ng = np.maximum(ecount - 1, 1)
+    mgap = np.where(ecount > 1, g1s / ng, 0.0)
+    sgap = np.sqrt(np.maximum(np.where(ecount > 1, g2s / ng, 0.0) - mgap * mgap, 0.0))
+    return mgap, sgap
+
+# %% ../../nbs/data/13_engine.ipynb #278b2ea0
+def _reciprocal(edges: _Edges, nodes: _Nodes) -> np.ndarray:
+    "Whether the reverse of each edge occurs in the same window."
+    n_per = np.diff(nodes.node_ptr)
+    adj_ptr = np.zeros(len(n_per) + 1, np.int64)
+    np.cumsum(n_per * n_per, out=adj_ptr[1:])
+    win, ls, ld = edges.edge_win, edges.local_src, edges.local_dst
+    adj = np.zeros(int(adj_ptr[-1]), bool)
+    adj[adj_ptr[win] + ls * n_per[win] + ld] = True
+    return adj[adj_ptr[win] + ld * n_per[win] + ls]
+
+# %% ../../nbs/data/13_engine.ipynb #70409a7f
+def _edge_features(edges: _Edges, nodes: _Nodes, W: int) -> np.ndarray:
+    "Edge features `edge_attr` (edges, 11) float32."
+    ecount, p_first, p_last, e_src, e_dst = edges.count, edges.p_first, edges.p_last, edges.src, edges.dst
+    mgap, sgap = _gap_stats(edges)
+    reciprocal = _reciprocal(edges, nodes)
+    deg = (np.bincount(e_src, minlength=len(nodes.first)) + np.bincount(e_dst, minlength=len(nodes.first))).astype(np.float64)
+    du, dv = deg[e_src], deg[e_dst]
+    max_deg = np.maximum.reduceat(deg, nodes.node_ptr[:-1])[edges.edge_win]
+    ea = np.empty((len(ecount), len(EDGE_FEATURES)), np.float32)
+    ea[:, 0] = np.log1p(ecount)
+    ea[:, 1] = ecount / (W - 1)
+    ea[:, 2] = mgap / W
+    ea[:, 3] = sgap / W
+    ea[:, 4] = np.where(ecount > 1, 1.0 / (1.0 + sgap), 0.0)
+    span_norm = max(W - 2, 1)
+    ea[:, 5] = p_first / span_norm
+    ea[:, 6] = p_last / span_norm
+    ea[:, 7] = (p_last - p_first) / span_norm
+    ea[:, 8] = reciprocal
+    ea[:, 9] = du * dv / (max_deg * max_deg)
+    ea[:, 10] = du / (du + dv)
+    return ea
+
+# %% ../../nbs/data/13_engine.ipynb #9b026587
+def _chunk_graphs(g0: int, g1: int, cap: _Capture, window_size: int, stride: int) -> GraphSet:
+    "The graphs of windows `g0..g1-1` of a capture."
+    W, C = window_size, g1 - g0
+    msg = _window_messages(g0, g1, W, stride)
+    cw = cap.code[msg]  # (C, W) ID codes
+    key_dtype = np.int32 if cap.n_codes * cap.n_codes * W < 2**31 else np.int64
+    nodes = _group_nodes(msg, cw, key_dtype)
+    x, node_y = _node_features(nodes, cap, W)
+    edges = _group_edges(cw, nodes, cap.n_codes, key_dtype)
+    ea = _edge_features(edges, nodes, W)
+    edge_ptr = np.zeros(C + 1, np.int64)
+    np.cumsum(np.bincount(edges.edge_win, minlength=C), out=edge_ptr[1:])
+    edge_index = np.stack([edges.local_src, edges.local_dst])
+    lw = cap.label[msg]
+    at = np.zeros(C, np.int8) if cap.attack_type is None else np.asarray(cap.attack_type)[msg].max(1).astype(np.int8)
+    tensors = {
+        "x": torch.from_numpy(x), "edge_index": torch.from_numpy(edge_index), "edge_attr": torch.from_numpy(ea),
+        "node_y": torch.from_numpy(node_y), "y": torch.from_numpy(lw.max(1).astype(np.int64)),
+        "attack_type": torch.from_numpy(np.where(lw.max(1) > 0, at, 0).astype(np.int8)),
+        "window_start": torch.from_numpy(cap.ts[msg[:, 0]]), "window_end": torch.from_numpy(cap.ts[msg[:, -1]]),
+        "num_oov": torch.from_numpy(np.bincount(nodes.node_win, weights=x[:, 0] == cap.oov, minlength=C).astype(np.int32))}
+    return GraphSet(tensors, torch.from_numpy(nodes.node_ptr), torch.from_numpy(edge_ptr))
+
+# %% ../../nbs/data/13_engine.ipynb #7c6768cc
 @dataclass
 class GraphEngine:
     "Cut a capture into sliding windows and build one graph per window."
@@ -146,107 +352,7 @@ class GraphEngine:
     def iter_build(self, timestamp, can_id, id_index, payload, label, attack_type=None, oov_index: int | None = None,
                    chunk_windows: int | None = None) -> Iterator[GraphSet]:
         "Yield `GraphSet`s of at most `chunk_windows` consecutive windows (memory stays bounded on huge files)."
-        ts = np.ascontiguousarray(timestamp, dtype=np.float64)
-        can_id = np.asarray(can_id, dtype=np.int64); id_index = np.asarray(id_index, dtype=np.int64)
-        payload = np.ascontiguousarray(payload, dtype=np.uint8); label = np.asarray(label, dtype=np.int8)
-        n = len(ts)
-        if not (len(can_id) == len(id_index) == len(payload) == len(label) == n):
-            raise ValueError("timestamp, can_id, id_index, payload and label must have the same length")
-        code, _ = _compact_codes(can_id)
-        n_codes = int(code.max()) + 1 if n else 0
-        # per-code vocabulary index (every message of a raw ID has the same index)
-        code_index = np.zeros(max(n_codes, 1), np.int64); code_index[code] = id_index
-        iat = _inter_arrival(ts, code, n_codes)
-        oov = int(id_index.max(initial=0)) + 1 if oov_index is None else oov_index
-        g_total, step = self.num_windows(n), chunk_windows or self.chunk_windows
+        cap = _Capture.prepare(timestamp, can_id, id_index, payload, label, attack_type, oov_index)
+        g_total, step = self.num_windows(len(cap.ts)), chunk_windows or self.chunk_windows
         for g0 in range(0, g_total, step):
-            g1 = min(g0 + step, g_total)
-            yield self._build_chunk(g0, g1, ts, code, n_codes, code_index, iat, payload, label, attack_type, oov)
-
-    def _build_chunk(self, g0, g1, ts, code, n_codes, code_index, iat, payload, label, attack_type, oov) -> GraphSet:
-        W, S, C = self.window_size, self.stride, g1 - g0
-        if S == W: msg = np.arange(g0 * W, g1 * W).reshape(C, W)  # contiguous: no gather needed
-        else: msg = (np.arange(g0, g1)[:, None] * S + np.arange(W))
-        cw = code[msg]  # (C, W) ID codes
-        pos = np.arange(W)
-        key_dtype = np.int32 if n_codes * n_codes * W < 2**31 else np.int64
-
-        # --- nodes: sort each window's messages by (code, position); equal codes become contiguous groups
-        nkey = np.sort(cw.astype(key_dtype) * W + pos.astype(key_dtype), axis=1)
-        ncode, npos = nkey // W, nkey % W
-        starts_flag = _group_starts(ncode, W)
-        node_of_sorted = np.cumsum(starts_flag) - 1  # node number of each sorted message
-        n_nodes = int(node_of_sorted[-1]) + 1
-        sorted_msg = (msg[:, :1] + npos).ravel()  # rows of msg are consecutive message numbers
-        node_of_msg = np.empty(C * W, np.int64)  # node number of each message, in window order
-        node_of_msg[(np.arange(C)[:, None] * W + npos).ravel()] = node_of_sorted
-        first = np.flatnonzero(starts_flag)
-        last = np.append(first[1:], C * W) - 1
-        counts = (last - first + 1).astype(np.float64)
-        node_win = first // W
-        node_ptr = np.zeros(C + 1, np.int64); np.cumsum(np.bincount(node_win, minlength=C), out=node_ptr[1:])
-        x = np.empty((n_nodes, len(NODE_FEATURES)), np.float32)
-        x[:, 0] = code_index[ncode.ravel()[first]]
-        seg = lambda a: _segment_sums(a, first)
-        x[:, 1:9] = _payload_sums(payload, sorted_msg, first, W) / (counts[:, None] * 255.0)
-        x[:, 9] = counts / W
-        x[:, 10] = npos.ravel()[last] / (W - 1)
-        it = iat[sorted_msg]
-        s1, s2, n_known = seg(it), seg(it * it), seg((it > 0).astype(np.float64))
-        mean = np.divide(s1, n_known, out=np.zeros_like(s1), where=n_known > 0)
-        var = np.maximum(np.divide(s2, n_known, out=np.zeros_like(s2), where=n_known > 0) - mean * mean, 0)
-        x[:, 11] = np.log1p(mean * 1e3)
-        x[:, 12] = np.divide(np.sqrt(var), mean, out=np.zeros_like(mean), where=mean > 0)
-        node_y = (seg(label[sorted_msg].astype(np.int32)) > 0).astype(np.int8)
-
-        # --- edges: transitions p -> p+1 inside each window, sorted by (src code, dst code, position)
-        src, dst = cw[:, :-1].astype(key_dtype), cw[:, 1:].astype(key_dtype)
-        ekey = np.sort((src * n_codes + dst) * W + pos[:-1].astype(key_dtype), axis=1)
-        epair, epos = ekey // W, ekey % W
-        eflag = _group_starts(epair, W - 1)
-        efirst = np.flatnonzero(eflag)
-        elast = np.append(efirst[1:], C * (W - 1)) - 1
-        ecount = (elast - efirst + 1).astype(np.float64)
-        edge_win = efirst // (W - 1)
-        p_first, p_last = epos.ravel()[efirst], epos.ravel()[elast]
-        tmsg = (edge_win * W + p_first)  # a message (within the chunk) where this transition starts
-        e_src = node_of_msg[tmsg]; e_dst = node_of_msg[tmsg + 1]
-        gaps = np.diff(epos.ravel()).astype(np.float64)
-        gaps[eflag[1:]] = 0.0  # no gap across group boundaries
-        egid = np.cumsum(eflag) - 1
-        g1s = np.bincount(egid[1:], weights=gaps, minlength=len(efirst))
-        g2s = np.bincount(egid[1:], weights=gaps * gaps, minlength=len(efirst))
-        ng = np.maximum(ecount - 1, 1)
-        mgap = np.where(ecount > 1, g1s / ng, 0.0)
-        sgap = np.sqrt(np.maximum(np.where(ecount > 1, g2s / ng, 0.0) - mgap * mgap, 0.0))
-        # reciprocal edges: mark every edge in a per-window adjacency table (sum of N_g^2 cells), then read v -> u
-        n_per = np.diff(node_ptr)
-        adj_ptr = np.zeros(C + 1, np.int64); np.cumsum(n_per * n_per, out=adj_ptr[1:])
-        ls, ld = e_src - node_ptr[edge_win], e_dst - node_ptr[edge_win]
-        adj = np.zeros(int(adj_ptr[-1]), bool)
-        adj[adj_ptr[edge_win] + ls * n_per[edge_win] + ld] = True
-        reciprocal = adj[adj_ptr[edge_win] + ld * n_per[edge_win] + ls]
-        deg = (np.bincount(e_src, minlength=n_nodes) + np.bincount(e_dst, minlength=n_nodes)).astype(np.float64)
-        du, dv = deg[e_src], deg[e_dst]
-        max_deg = np.maximum.reduceat(deg, node_ptr[:-1])[edge_win]
-        ea = np.empty((len(efirst), len(EDGE_FEATURES)), np.float32)
-        ea[:, 0] = np.log1p(ecount); ea[:, 1] = ecount / (W - 1)
-        ea[:, 2] = mgap / W; ea[:, 3] = sgap / W
-        ea[:, 4] = np.where(ecount > 1, 1.0 / (1.0 + sgap), 0.0)
-        span_norm = max(W - 2, 1)
-        ea[:, 5] = p_first / span_norm; ea[:, 6] = p_last / span_norm; ea[:, 7] = (p_last - p_first) / span_norm
-        ea[:, 8] = reciprocal
-        ea[:, 9] = du * dv / (max_deg * max_deg); ea[:, 10] = du / (du + dv)
-        edge_ptr = np.zeros(C + 1, np.int64); np.cumsum(np.bincount(edge_win, minlength=C), out=edge_ptr[1:])
-        edge_index = np.stack([ls, ld])
-
-        # --- graph-level labels and provenance
-        lw = label[msg]
-        at = np.zeros(C, np.int8) if attack_type is None else np.asarray(attack_type)[msg].max(1).astype(np.int8)
-        tensors = {
-            "x": torch.from_numpy(x), "edge_index": torch.from_numpy(edge_index), "edge_attr": torch.from_numpy(ea),
-            "node_y": torch.from_numpy(node_y), "y": torch.from_numpy(lw.max(1).astype(np.int64)),
-            "attack_type": torch.from_numpy(np.where(lw.max(1) > 0, at, 0).astype(np.int8)),
-            "window_start": torch.from_numpy(ts[msg[:, 0]]), "window_end": torch.from_numpy(ts[msg[:, -1]]),
-            "num_oov": torch.from_numpy(np.bincount(node_win, weights=x[:, 0] == oov, minlength=C).astype(np.int32))}
-        return GraphSet(tensors, torch.from_numpy(node_ptr), torch.from_numpy(edge_ptr))
+            yield _chunk_graphs(g0, min(g0 + step, g_total), cap, self.window_size, self.stride)

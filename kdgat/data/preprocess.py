@@ -2,7 +2,7 @@
 
 # %% ../../nbs/data/17_preprocess.ipynb #c2344c63
 from __future__ import annotations
-import json, os, time
+import json, time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +16,7 @@ from .adapters import RawFile, get_adapter
 from .cache import ShardedCache, cache_key, code_version, file_digest
 from .engine import GraphEngine, GraphSet
 from .vocabulary import EntityVocabulary
+from ..files import atomic_write
 from ..parallel import map_tasks
 
 # %% auto #0
@@ -37,6 +38,7 @@ class FileResult:
     seconds: float = 0.0
     duplicate_of: str | None = None  # identical content to this file of the same split: not counted again
 
+# %% ../../nbs/data/17_preprocess.ipynb #fa712e45
 @dataclass
 class FileJob:
     "Everything a worker needs to preprocess one file (small and picklable)."
@@ -47,6 +49,7 @@ class FileJob:
     cache_root: str
     key: str
 
+# %% ../../nbs/data/17_preprocess.ipynb #0e0d7ed4
 def preprocess_file(job: FileJob) -> FileResult:
     "Read, validate, build graphs and cache one file (a no-op when its key is cached)."
     t0 = time.perf_counter()
@@ -95,8 +98,11 @@ class PreprocessReport:
         rows = defaultdict(lambda: dict(files=0, duplicates=0, messages=0, graphs=0, attack_graphs=0, quarantined=0, reused=0))
         for f in self.files:
             r = rows[f.split]
-            if f.duplicate_of: r["duplicates"] += 1; continue
-            r["files"] += 1; r["reused"] += f.reused
+            if f.duplicate_of:
+                r["duplicates"] += 1
+                continue
+            r["files"] += 1
+            r["reused"] += f.reused
             for k in ("messages", "graphs", "attack_graphs", "quarantined"): r[k] += getattr(f, k)
         df = pd.DataFrame.from_dict(rows, orient="index")
         df.index.name = "split"
@@ -144,6 +150,7 @@ def ensure_raw(entry: DatasetEntry, paths: Paths) -> Path:
             generate_dataset(root, **entry.synthetic)
     return root
 
+# %% ../../nbs/data/17_preprocess.ipynb #f94b92d5
 def _choose_executor(cfg: PreprocessConfig, pending: list[RawFile]) -> str:
     if cfg.executor != "auto": return cfg.executor if len(pending) > 1 else "local"
     if len(pending) < 2: return "local"
@@ -151,6 +158,7 @@ def _choose_executor(cfg: PreprocessConfig, pending: list[RawFile]) -> str:
     if "ray" in sys.modules and sys.modules["ray"].is_initialized(): return "ray"
     return "ray" if sum(f.path.stat().st_size for f in pending) >= cfg.ray_min_bytes else "local"
 
+# %% ../../nbs/data/17_preprocess.ipynb #9c02147f
 def preprocess_dataset(dataset: str | DatasetEntry,  # catalog name or entry
                        config: KDGATConfig | PreprocessConfig | None = None,
                        paths: Paths | None = None,
@@ -170,7 +178,9 @@ def preprocess_dataset(dataset: str | DatasetEntry,  # catalog name or entry
     duplicate_of: dict[Path, str] = {}
     for f in files:
         d = digests[f.path]
-        if (f.split, d) in first_of: duplicate_of[f.path] = str(first_of[(f.split, d)]); continue
+        if (f.split, d) in first_of:
+            duplicate_of[f.path] = str(first_of[(f.split, d)])
+            continue
         first_of[(f.split, d)] = f.path
         if f.split == "train": train_digests.add(d)
         elif d in train_digests: warnings.append(f"{f.path} is byte-identical to a training file: its scenario leaks into training")
@@ -200,12 +210,13 @@ def preprocess_dataset(dataset: str | DatasetEntry,  # catalog name or entry
     todo = [j for j in jobs if not cache.has(j.key)]
     for j in jobs:
         if cache.has(j.key):
-            r = preprocess_file(j); results[j.file.path] = r
+            r = preprocess_file(j)
+            results[j.file.path] = r
             if on_file: on_file(r)
     for r in map_tasks(preprocess_file, todo, executor, on_result=on_file): results[Path(r.path)] = r
     report = PreprocessReport(entry.name, str(graphs_root), str(vocab_path), len(vocab), cfg.window_size, cfg.stride,
                               executor if todo else "cache", time.perf_counter() - t0,
                               [results[f.path] for f in files], warnings)
     index = cache_dir / f"report-{cache_key(vocab=vkey, cfg=cfg.model_dump(), code=code)}.json"
-    tmp = index.with_name(f".{index.name}.{os.getpid()}.tmp"); tmp.write_text(report.to_json()); os.replace(tmp, index)
+    atomic_write(index, report.to_json())
     return report

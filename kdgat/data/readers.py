@@ -82,7 +82,9 @@ def parse_hex_ids(arr: pa.Array, max_digits: int = 8) -> tuple[np.ndarray, np.nd
     vals = np.zeros(n, np.int64)
     if n and lens.min() == lens.max() == width:  # the common case: every ID has the same number of digits
         for k in range(width):
-            d = nib[start + k]; bad |= d == 255; vals = (vals << 4) | d
+            d = nib[start + k]
+            bad |= d == 255
+            vals = (vals << 4) | d
         return vals, bad
     for k in range(width):
         pos = end - width + k
@@ -115,7 +117,8 @@ def parse_hex_payloads(arr: pa.Array, max_bytes: int = 8) -> tuple[np.ndarray, n
         bad_pair = vals > 255
         if bad_pair.any():
             problems["hex"][np.searchsorted(off[1:] - off[0], 2 * np.flatnonzero(bad_pair), side="right")] = True
-        flat = np.zeros(len(vals) + 8, np.uint8); flat[:len(vals)] = vals
+        flat = np.zeros(len(vals) + 8, np.uint8)
+        flat[:len(vals)] = vals
         # an unaligned uint64 view starting at every byte: one gather reads a whole 8-byte payload
         words = np.ndarray(shape=(len(flat) - 7,), dtype="<u8", buffer=flat, strides=(1,))
         out = (words[(off[:-1] - off[0]) >> 1] & _KEEP[dlc]).view(np.uint8).reshape(n, 8)
@@ -147,7 +150,8 @@ def _row_lines(raw: bytes, n_rows: int, header_lines: int, skipped: list[int]) -
     if not skipped and n_lines == header_lines + n_rows:  # no blank lines: rows follow the header one to one
         return np.arange(header_lines + 1, header_lines + 1 + n_rows, dtype=np.int64)
     lines = _nonempty_lines(raw)
-    keep = np.ones(len(lines), bool); keep[:header_lines] = False
+    keep = np.ones(len(lines), bool)
+    keep[:header_lines] = False
     if skipped: keep[np.asarray(skipped) - 1] = False
     return lines[keep][:n_rows]
 
@@ -195,7 +199,8 @@ def read_can_csv(path: str | Path, columns: CSVColumns = CSVColumns(), strict: b
         convert_options=pacsv.ConvertOptions(column_types=tps, include_columns=need, strings_can_be_null=False))
     try: tbl = read(types)
     except pa.ArrowInvalid:  # a value that does not convert: re-read as text to find which row
-        invalid.clear(); n_invalid[0] = 0
+        invalid.clear()
+        n_invalid[0] = 0
         tbl = read({c: pa.string() for c in need})
     if invalid:  # parser row numbers count non-blank lines; make them file lines
         nonempty = _nonempty_lines(raw)
@@ -244,7 +249,8 @@ def _column_labels(col: pa.ChunkedArray, prob: _Problems) -> np.ndarray:
 def _finish(path, ts, ids, payload, dlc, label, lines, prob: _Problems, strict: bool, invalid, n_invalid) -> CANFrames:
     "Check time order, then raise on the first problem (strict) or drop and quarantine bad rows."
     prob.add(ids > 0x1FFFFFFF, "a CAN ID below 0x20000000 (29 bits)", ids)
-    good = np.ones(len(ts), bool); good[prob.rows()] = False
+    good = np.ones(len(ts), bool)
+    good[prob.rows()] = False
     # time order among the rows that are otherwise fine: a row earlier than any row before it is out of order
     tg = np.where(good, ts, -np.inf)
     back = np.zeros(len(ts), bool)
@@ -260,7 +266,8 @@ def _finish(path, ts, ids, payload, dlc, label, lines, prob: _Problems, strict: 
         for rows, exp, found in prob.items:
             quarantine += [(int(lines[r]), exp, _show(found, r)) for r in rows[:_MAX_EXAMPLES]]
         n_q += len(bad_rows)
-        keep = np.ones(len(ts), bool); keep[bad_rows] = False
+        keep = np.ones(len(ts), bool)
+        keep[bad_rows] = False
         ts, ids, payload, dlc, label, lines = ts[keep], ids[keep], payload[keep], dlc[keep], label[keep], lines[keep]
     quarantine.sort()
     return CANFrames(ts, ids.astype(np.int64), payload, dlc, label, lines, quarantine[:_MAX_EXAMPLES], n_q)

@@ -57,12 +57,14 @@ def _chained(df: pd.DataFrame) -> pd.Series:
     if len(df): ok[-1] = tgt[-1] == -1
     return pd.Series(ok, index=df.index)
 
+# %% ../../nbs/data/10_schema.ipynb #3e90bc5e
 def _nondecreasing(s: pd.Series) -> pd.Series:
     v = s.to_numpy()
     ok = np.ones(len(v), bool)
     ok[1:] = v[1:] >= v[:-1]
     return pd.Series(ok, index=s.index)
 
+# %% ../../nbs/data/10_schema.ipynb #c643a8c1
 CAN_STANDARD_SCHEMA = pa.DataFrameSchema(
     {"timestamp": pa.Column("float64", [pa.Check(lambda s: pd.Series(np.isfinite(s.to_numpy()), index=s.index),
                                                  error="a finite timestamp"),
@@ -99,12 +101,15 @@ def validate_standard(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSc
 def make_standard_frame(timestamp, entity_id, payload=None, label=None, attack_type=None, dlc=None,
                         first_line: int = 2) -> pd.DataFrame:
     "Build a standard-form table from arrays (payload: (n, 8) uint8; transitions and lines derived)."
-    ts = np.asarray(timestamp, dtype=np.float64); ids = np.asarray(entity_id, dtype=np.int64); n = len(ts)
+    ts = np.asarray(timestamp, dtype=np.float64)
+    ids = np.asarray(entity_id, dtype=np.int64)
+    n = len(ts)
     pay = np.zeros((n, 8), np.uint8) if payload is None else np.asarray(payload, dtype=np.uint8)
     cols = {"timestamp": ts, "entity_id": ids}
     cols.update({c: pay[:, i] for i, c in enumerate(PAYLOAD_COLUMNS)})
     dlc = np.full(n, 8, np.uint8) if dlc is None else np.asarray(dlc, dtype=np.uint8)
-    tgt = np.empty(n, np.int64); tgt[:-1] = ids[1:]
+    tgt = np.empty(n, np.int64)
+    tgt[:-1] = ids[1:]
     if n: tgt[-1] = -1
     cols.update(dlc=dlc, source_id=ids, target_id=tgt,
                 label=np.zeros(n, np.int8) if label is None else np.asarray(label, dtype=np.int8),

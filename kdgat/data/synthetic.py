@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .schema import ATTACK_TYPES
+from ..files import atomic_write
 
 # %% auto #0
 __all__ = ['BYTE_KINDS', 'PERIODS_S', 'PERIOD_WEIGHTS', 'VEHICLES', 'DEFAULT_RATES_HZ', 'ATTACK_KINDS', 'FRAME_COLUMNS',
@@ -41,6 +42,7 @@ class MessageSpec:
     @property
     def dlc(self) -> int: return len(self.layout)
 
+# %% ../../nbs/data/14_synthetic.ipynb #081299a7
 @dataclass(frozen=True)
 class VehicleProfile:
     "A named vehicle: the periodic messages its ECUs put on the bus."
@@ -88,15 +90,18 @@ def _schedule(period: float, jitter: float, t0: float, t1: float, rng: np.random
     t = t0 + rng.uniform(0, period) + np.cumsum(steps) - steps[0]
     return t[t < t1]
 
+# %% ../../nbs/data/14_synthetic.ipynb #7c1122a5
 def _checksum(vals: np.ndarray, layout: str) -> np.ndarray:
     "Recompute the checksum byte (if any) of payload values in place."
     k = layout.find("k")
     if k >= 0: vals[:, k] = (vals.sum(1) - vals[:, k]) % 256
     return vals
 
+# %% ../../nbs/data/14_synthetic.ipynb #6dde1713
 def _payload(spec: MessageSpec, t: np.ndarray, rng: np.random.Generator, first: int = 0) -> np.ndarray:
     "Payload values (n, dlc) int64 of `spec` sent at times `t` (seconds since the capture start)."
-    n = len(t); vals = np.zeros((n, spec.dlc), np.int64)
+    n = len(t)
+    vals = np.zeros((n, spec.dlc), np.int64)
     for i, kind in enumerate(spec.layout):
         b = spec.init[i]
         if kind == "c": vals[:, i] = b
@@ -136,7 +141,8 @@ def _inject(a: AttackSpec, vehicle: VehicleProfile, legit: dict, rng: np.random.
     if a.kind == "masquerade":
         # a stealthy attacker picks a frequent message so its takeover hides in plenty of traffic
         fast = [m.can_id for m in vehicle.messages if m.period_s <= 0.1] or vehicle.ids
-        spec = specs[a.target_id if a.target_id is not None else int(rng.choice(fast))]; cid = spec.can_id
+        spec = specs[a.target_id if a.target_id is not None else int(rng.choice(fast))]
+        cid = spec.can_id
         silenced = (lid == cid) & (lt >= a.start_s) & (lt < a.end_s)
         t = _schedule(1 / a.rate_hz if a.rate_hz else spec.period_s, spec.jitter, a.start_s, a.end_s, rng)
         vals = _payload(spec, t, rng, first=int(((lid == cid) & (lt < a.start_s)).sum()))
@@ -150,18 +156,23 @@ def _inject(a: AttackSpec, vehicle: VehicleProfile, legit: dict, rng: np.random.
         sel = (lt >= src0) & (lt < src0 + length) & ((lid == a.target_id) if a.target_id is not None else True)
         return lt[sel] - src0 + a.start_s, lid[sel], legit["dlc"][sel], legit["vals"][sel], None
     rate = a.rate_hz or DEFAULT_RATES_HZ[a.kind]
-    t = _schedule(1 / rate, 0.05, a.start_s, a.end_s, rng); n = len(t)
+    t = _schedule(1 / rate, 0.05, a.start_s, a.end_s, rng)
+    n = len(t)
     if a.kind == "dos": return t, np.zeros(n, np.int64), np.full(n, 8), np.zeros((n, 8), np.int64), None
     if a.kind == "fuzzing": return t, rng.integers(0, 0x800, n), np.full(n, 8), rng.integers(0, 256, (n, 8)), None
-    cid = a.target_id if a.target_id is not None else int(rng.choice(vehicle.ids)); dlc = specs[cid].dlc
+    cid = a.target_id if a.target_id is not None else int(rng.choice(vehicle.ids))
+    dlc = specs[cid].dlc
     return t, np.full(n, cid), np.full(n, dlc), np.broadcast_to(rng.integers(0, 256, dlc), (n, dlc)), None
 
 # %% ../../nbs/data/14_synthetic.ipynb #2eb21a87
 FRAME_COLUMNS = ["timestamp", "can_id", "dlc", *[f"byte_{i}" for i in range(8)], "label", "attack_type"]
 
 def _pad8(vals: np.ndarray) -> np.ndarray:
-    out = np.zeros((len(vals), 8), np.uint8); out[:, :vals.shape[1]] = vals; return out
+    out = np.zeros((len(vals), 8), np.uint8)
+    out[:, :vals.shape[1]] = vals
+    return out
 
+# %% ../../nbs/data/14_synthetic.ipynb #57d89fde
 def simulate_traffic(vehicle: VehicleProfile, duration_s: float, attacks: Sequence[AttackSpec] = (),
                      seed: int = 0,  # same seed, same frames
                      bitrate: float = 500_000,  # bus speed in bit/s, sets how long each frame holds the bus
@@ -200,6 +211,14 @@ _HEX = np.frombuffer(b"0123456789ABCDEF", np.uint8)
 def _lit(s: str, n: int) -> tuple[np.ndarray, None]:
     return np.broadcast_to(np.frombuffer(s.encode(), np.uint8), (n, len(s))), None
 
+# %% ../../nbs/data/14_synthetic.ipynb #2c10bc45
+def _render(parts: list) -> bytes:
+    "Concatenate per-row character blocks, dropping masked-out characters."
+    chars = np.concatenate([c for c, _ in parts], axis=1)
+    keep = np.concatenate([np.ones(c.shape, bool) if k is None else k for c, k in parts], axis=1)
+    return chars[keep].tobytes()
+
+# %% ../../nbs/data/14_synthetic.ipynb #ac12b63f
 def _timestamp_chars(ts: np.ndarray) -> list:
     "Timestamps as `seconds.micros` (6 decimals) character blocks."
     us = np.rint(np.asarray(ts, np.float64) * 1e6).astype(np.int64)
@@ -212,6 +231,7 @@ def _timestamp_chars(ts: np.ndarray) -> list:
     return [(digits(sec, p), np.arange(w)[None, :] >= w - ndig[:, None]), _lit(".", len(us)),
             (digits(frac, 10 ** np.arange(5, -1, -1, dtype=np.int64)), None)]
 
+# %% ../../nbs/data/14_synthetic.ipynb #0b5a4dfb
 def _frame_chars(df: pd.DataFrame) -> list:
     "Arbitration ID (3 hex digits) and data (2 hex digits per byte, DLC bytes only) character blocks."
     cid = df["can_id"].to_numpy(np.int64)
@@ -221,36 +241,29 @@ def _frame_chars(df: pd.DataFrame) -> list:
     data = np.stack([_HEX[b >> 4], _HEX[b & 15]], axis=2).reshape(len(b), 16)
     return [(ids, None), (data, np.arange(16)[None, :] < 2 * df["dlc"].to_numpy(np.int64)[:, None])]
 
-def _render(parts: list) -> bytes:
-    "Concatenate per-row character blocks, dropping masked-out characters."
-    chars = np.concatenate([c for c, _ in parts], axis=1)
-    keep = np.concatenate([np.ones(c.shape, bool) if k is None else k for c, k in parts], axis=1)
-    return chars[keep].tobytes()
-
-def _atomic_write(path: str | Path, data: bytes) -> Path:
-    path = Path(path); tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data); os.replace(tmp, path)
-    return path
-
+# %% ../../nbs/data/14_synthetic.ipynb #776d12a6
 def write_can_csv(df: pd.DataFrame, path: str | Path) -> Path:
     "Write frames in the hcrl_sa CSV format: `timestamp,arbitration_id,data_field,attack`."
-    n, ((idc, _), data) = len(df), _frame_chars(df); lab = (df["label"].to_numpy(np.int64)[:, None] + 48).astype(np.uint8)
+    n, ((idc, _), data) = len(df), _frame_chars(df)
+    lab = (df["label"].to_numpy(np.int64)[:, None] + 48).astype(np.uint8)
     rows = _render([*_timestamp_chars(df["timestamp"].to_numpy()), _lit(",", n), (idc, None), _lit(",", n), data,
                     _lit(",", n), (lab, None), _lit("\n", n)])
-    return _atomic_write(path, b"timestamp,arbitration_id,data_field,attack\n" + rows)
+    return atomic_write(path, b"timestamp,arbitration_id,data_field,attack\n" + rows)
 
+# %% ../../nbs/data/14_synthetic.ipynb #95a6e8bd
 def write_candump(df: pd.DataFrame, path: str | Path,
                   labels: bool = True,  # append the CrySyS-style `<label>\tFalse` columns
                  ) -> Path:
     "Write frames as Linux `candump -l` lines: `(1513920459.745822) can0 0C1#0102030405060708`."
-    n = len(df); (idc, _), data = _frame_chars(df)
+    n = len(df)
+    (idc, _), data = _frame_chars(df)
     parts = [_lit("(", n), *_timestamp_chars(df["timestamp"].to_numpy()), _lit(") can0 ", n), (idc, None),
              _lit("#", n), data]
     if labels:
         att = df["label"].to_numpy() == 1
         word = np.where(att[:, None], np.frombuffer(b"1    ", np.uint8), np.frombuffer(b"False", np.uint8))
         parts += [_lit(" ", n), (word, ~att[:, None] | (np.arange(5) == 0)[None, :]), _lit("\tFalse", n)]
-    return _atomic_write(path, _render([*parts, _lit("\n", n)]))
+    return atomic_write(path, _render([*parts, _lit("\n", n)]))
 
 # %% ../../nbs/data/14_synthetic.ipynb #a7970450
 DATASET_LAYOUT = [  # (folder, attack kind or None, vehicle)
@@ -268,22 +281,26 @@ _GENERATOR = "kdgat.data.synthetic"
 
 def _windows(kind: str, duration: float, rng: np.random.Generator, vehicle: VehicleProfile) -> list[AttackSpec]:
     "One to three attack windows covering 10-40 % of the capture, after some clean lead-in."
-    n = int(rng.integers(1, 4)); length = rng.uniform(0.1, 0.4) * duration / n
+    n = int(rng.integers(1, 4))
+    length = rng.uniform(0.1, 0.4) * duration / n
     target = None
     if kind in ("spoofing", "masquerade"):
-        spec = rng.choice([m for m in vehicle.messages if m.period_s <= 0.05]); target = spec.can_id
+        spec = rng.choice([m for m in vehicle.messages if m.period_s <= 0.05])
+        target = spec.can_id
         if kind == "masquerade": length = max(length, 4 * spec.period_s)  # even tiny datasets see a takeover
     lo = (0.45 if kind == "replay" else 0.1) * duration  # replay needs earlier traffic to copy
     slot = (0.95 * duration - lo) / n
     return [AttackSpec(kind, round(s, 6), round(s + length, 6), target_id=target)
             for s in lo + slot * np.arange(n) + rng.uniform(0, max(slot - length, 0), n)]
 
+# %% ../../nbs/data/14_synthetic.ipynb #cd388fdc
 def _read_manifest(root: Path) -> dict | None:
     "The manifest of a dataset this module wrote under `root`, else None."
     try: m = json.loads((root / "manifest.json").read_text())
     except (OSError, ValueError): return None
     return m if isinstance(m, dict) and m.get("generator") == _GENERATOR else None
 
+# %% ../../nbs/data/14_synthetic.ipynb #e6544399
 def generate_dataset(root: str | Path, seed: int = 0,
                      scale: float = 1.0,  # multiplies every capture's duration (1.0: 17 s per file, ~270k frames)
                      fmt: str = "csv",  # "csv" (hcrl_sa) or "candump" (`.log` files with labels)
@@ -291,17 +308,20 @@ def generate_dataset(root: str | Path, seed: int = 0,
     "Write (or reuse) an hcrl_sa-shaped synthetic dataset under `root`; returns `root`."
     if fmt not in ("csv", "candump"): raise ValueError(f"fmt must be 'csv' or 'candump', got {fmt!r}")
     if scale <= 0: raise ValueError(f"scale must be > 0, got {scale}")
-    root = Path(root).expanduser().resolve(); seed, scale = int(seed), float(scale)
+    root = Path(root).expanduser().resolve()
+    seed, scale = int(seed), float(scale)
     m = _read_manifest(root)
     if m and (m.get("seed"), m.get("scale"), m.get("fmt")) == (seed, scale, fmt) and \
             all((root / f["path"]).is_file() for f in m.get("files", [])): return root
     if root.exists() and (not root.is_dir() or any(root.iterdir())) and m is None:
         raise FileExistsError(f"{root} is not empty and holds no synthetic dataset; refusing to replace it")
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}"); shutil.rmtree(tmp, ignore_errors=True)
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
     files, duration = [], round(BASE_DURATION_S * scale, 6)
     for folder, kind, veh in DATASET_LAYOUT:
-        stem = f"{kind or 'attack-free'}-{veh}"; name = f"{stem}.{'csv' if fmt == 'csv' else 'log'}"
+        stem = f"{kind or 'attack-free'}-{veh}"
+        name = f"{stem}.{'csv' if fmt == 'csv' else 'log'}"
         fseed = zlib.crc32(f"{seed}/{folder}/{stem}".encode())  # fmt changes the syntax, never the frames
         rng = np.random.default_rng([fseed, 3])
         attacks = _windows(kind, duration, rng, VEHICLES[veh]) if kind else []
@@ -316,5 +336,6 @@ def generate_dataset(root: str | Path, seed: int = 0,
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     old = root.with_name(f".{root.name}.old-{os.getpid()}")
     if root.exists(): os.replace(root, old)  # only an older synthetic dataset or an empty folder gets here
-    os.replace(tmp, root); shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp, root)
+    shutil.rmtree(old, ignore_errors=True)
     return root

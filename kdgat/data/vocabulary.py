@@ -2,11 +2,13 @@
 
 # %% ../../nbs/data/11_vocabulary.ipynb #5026aa49
 from __future__ import annotations
-import hashlib, json, os
+import hashlib, json
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from ..files import atomic_write
 
 # %% auto #0
 __all__ = ['EntityVocabulary']
@@ -62,11 +64,8 @@ class EntityVocabulary:
         return cls(np.asarray(d["ids"], dtype=np.int64))
 
     def save(self, path: str | Path) -> Path:
-        "Write as JSON atomically (temp file + rename)."
-        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.to_json()); os.replace(tmp, path)
-        return path
+        "Write as JSON atomically (`kdgat.files.atomic_write`), creating the folder if needed."
+        return atomic_write(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> EntityVocabulary: return cls.from_json(Path(path).read_text())

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['confusion', 'roc_auc', 'pr_auc', 'detection_rate_at_fpr', 'binary_metrics', 'choose_threshold', 'summarize_runs']
+__all__ = ['confusion', 'roc_auc', 'pr_auc', 'detection_rate_at_fpr', 'binary_metrics', 'choose_threshold', 'validation_margin',
+           'f1_over_margin', 'traffic_hours', 'false_alarms_per_hour', 'degenerate_reason', 'summarize_runs']
 
 # %% ../../nbs/evaluate/40_metrics.ipynb #5b13f961
 def _labels(y, name: str = "y_true") -> np.ndarray:
@@ -23,10 +24,15 @@ def _labels(y, name: str = "y_true") -> np.ndarray:
 
 def _inputs(y_true, score) -> tuple[np.ndarray, np.ndarray]:
     "Validated labels and float64 scores of the same length."
-    y, s = _labels(y_true), np.asarray(score, dtype=np.float64).ravel()
+    y, s = _labels(y_true), _scores(score)
     if len(s) != len(y): raise ValueError(f"y_true has {len(y)} entries but score has {len(s)}")
-    if np.isnan(s).any(): raise ValueError("score contains NaN")  # NaN would sort silently to one end
     return y, s
+
+def _scores(score, name: str = "score") -> np.ndarray:
+    "Scores as float64, without NaN."
+    s = np.asarray(score, dtype=np.float64).ravel()
+    if np.isnan(s).any(): raise ValueError(f"{name} contains NaN")  # NaN would sort silently to one end
+    return s
 
 def confusion(y_true, # 1 = attack window, 0 = normal
               y_pred, # predicted labels, 0/1 or bool
@@ -51,7 +57,8 @@ def roc_auc(y_true, # 1 = attack window, 0 = normal
            ) -> float:
     "Area under the ROC curve (ties averaged, as sklearn); nan with one class only."
     y, s = _inputs(y_true, score)
-    P = int(y.sum()); N = len(y) - P
+    P = int(y.sum())
+    N = len(y) - P
     if P == 0 or N == 0: return math.nan
     _, tps, fps = _curve(y, s)
     return float(np.trapezoid(np.r_[0, tps / P], np.r_[0, fps / N]))
@@ -74,7 +81,8 @@ def detection_rate_at_fpr(y_true, # 1 = attack window, 0 = normal
     "Highest recall of any threshold whose FPR on these data is <= `max_fpr`; nan with one class only."
     if not 0 <= max_fpr <= 1: raise ValueError(f"max_fpr must be in [0, 1], got {max_fpr}")
     y, s = _inputs(y_true, score)
-    P = int(y.sum()); N = len(y) - P
+    P = int(y.sum())
+    N = len(y) - P
     if P == 0 or N == 0: return math.nan
     _, tps, fps = _curve(y, s)
     ok = fps / N <= max_fpr  # tp and fp only grow as the threshold falls: the last admissible point is the best
@@ -89,10 +97,12 @@ def binary_metrics(y_true, # 1 = attack window, 0 = normal
                    score,  # higher = more likely attack
                    threshold: float, # predict attack when score >= threshold
                    max_fpr: float = 0.01, # false-alarm budget of `detection_rate_at_fpr`
+                   hours: float | None = None, # hours of traffic scored (`traffic_hours`), for `false_alarms_per_hour`
                   ) -> dict:
     "Counts, threshold metrics and ranking metrics of one scenario, as plain Python numbers."
     y, s = _inputs(y_true, score)
-    c = confusion(y, s >= threshold); tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
+    c = confusion(y, s >= threshold)
+    tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
     n, P, N = len(y), tp + fn, tn + fp
     precision = _div(tp, tp + fp, 0.0)
     recall, specificity = _div(tp, P), _div(tn, N)  # nan when the class is absent (see Overview)
@@ -104,7 +114,8 @@ def binary_metrics(y_true, # 1 = attack window, 0 = normal
         balanced_accuracy=sum(defined) / len(defined),  # never empty: at least one class is present
         mcc=_div(float(tp * tn - fp * fn), mcc_den, 0.0), fpr=1 - specificity, fnr=1 - recall,
         roc_auc=roc_auc(y, s), pr_auc=pr_auc(y, s), detection_rate_at_fpr=detection_rate_at_fpr(y, s, max_fpr),
-        tp=tp, fp=fp, tn=tn, fn=fn, threshold=float(threshold))
+        tp=tp, fp=fp, tn=tn, fn=fn, threshold=float(threshold),
+        false_alarms_per_hour=fp / hours if hours is not None and hours > 0 else math.nan)  # see `false_alarms_per_hour`
 
 # %% ../../nbs/evaluate/40_metrics.ipynb #a16d4852
 def choose_threshold(y_val,     # validation labels, 1 = attack window
@@ -117,10 +128,12 @@ def choose_threshold(y_val,     # validation labels, 1 = attack window
     if method not in ("f1", "youden", "fpr"): raise ValueError(f"unknown method {method!r}: use f1, youden or fpr")
     if not 0 <= max_fpr <= 1: raise ValueError(f"max_fpr must be in [0, 1], got {max_fpr}")
     y, s = _inputs(y_val, score_val)
-    P = int(y.sum()); N = len(y) - P
+    P = int(y.sum())
+    N = len(y) - P
     u, tps, fps = _curve(y, s)
     # candidate 0 flags nothing; candidates 1.. are the distinct scores, descending
-    thr = np.r_[np.nextafter(u[0], np.inf), u]; tp = np.r_[0, tps]; fp = np.r_[0, fps]
+    thr = np.r_[np.nextafter(u[0], np.inf), u]
+    tp, fp = np.r_[0, tps], np.r_[0, fps]
     if N == 0 and method != "f1": return float(u[-1])  # no normal windows: flag everything
     if method == "fpr": return float(thr[np.flatnonzero(fp / N <= max_fpr)[-1]])  # candidate 0 always qualifies
     if P == 0: return float(thr[0])
@@ -131,13 +144,88 @@ def choose_threshold(y_val,     # validation labels, 1 = attack window
     # every threshold in (next lower score, lowest tied score] gives the same validation decisions; take the middle
     # of that margin (in log-odds for probabilities), so windows a little less extreme than any seen in validation
     # (unknown attacks, another vehicle) are not decided by where the margin happened to start
-    hi = u[best[-1] - 1]; lo = u[best[-1]] if best[-1] < len(u) else None
+    hi = u[best[-1] - 1]
+    lo = u[best[-1]] if best[-1] < len(u) else None
     if lo is None: return float(hi)
     if 0 <= lo and hi <= 1:
         logit = lambda p: np.log(np.clip(p, 1e-12, 1 - 1e-12) / (1 - np.clip(p, 1e-12, 1 - 1e-12)))
         mid = 1 / (1 + np.exp(-(logit(lo) + logit(hi)) / 2))
     else: mid = (lo + hi) / 2
     return float(np.clip(mid, np.nextafter(lo, np.inf), hi))
+
+# %% ../../nbs/evaluate/40_metrics.ipynb #76944d10
+def validation_margin(score_val, # validation scores, higher = more likely attack
+                      threshold: float, # predict attack when score >= threshold
+                     ) -> tuple[float, float]:
+    "`(lo, hi]`: the thresholds that make the same decisions on `score_val` as `threshold`."
+    s = _scores(score_val, "score_val")
+    if s.size == 0: raise ValueError("score_val is empty")
+    threshold = float(threshold)
+    if math.isnan(threshold): raise ValueError("threshold is NaN")
+    below, above = s[s < threshold], s[s >= threshold]
+    lo = float(below.max()) if below.size else -math.inf
+    hi = float(above.min()) if above.size else math.inf  # +inf: the threshold flags no validation window
+    return lo, hi
+
+# %% ../../nbs/evaluate/40_metrics.ipynb #f1dd7287
+def f1_over_margin(y_true, # test labels, 1 = attack window
+                   score,  # test scores, higher = more likely attack
+                   lo: float, # the margin (lo, hi] of `validation_margin`
+                   hi: float,
+                  ) -> tuple[float, float]:
+    "Min and max of test F1 over every threshold in `(lo, hi]` (attack when `score >= threshold`)."
+    lo, hi = float(lo), float(hi)
+    if not lo < hi: raise ValueError(f"need lo < hi, got ({lo}, {hi}]")  # also refuses NaN
+    y, s = _inputs(y_true, score)
+    P = int(y.sum())
+    u, tps, fps = _curve(y, s)
+    tp, fp = np.r_[0, tps], np.r_[0, fps]  # point 0 flags nothing, point i flags score >= u[i - 1] (u descending)
+    at_hi = 0 if hi == math.inf else int(np.count_nonzero(u >= hi))  # the point of threshold hi
+    inside = np.flatnonzero((u > lo) & (u <= hi) & (u < math.inf)) + 1  # each distinct test score in (lo, hi]
+    k = np.r_[at_hi, inside]
+    f1 = 2 * tp[k] / np.maximum(tp[k] + fp[k] + P, 1)  # = 2tp / (2tp + fp + fn); 0/0 only when tp = fp = P = 0: 0
+    return float(f1.min()), float(f1.max())
+
+# %% ../../nbs/evaluate/40_metrics.ipynb #95e77711
+def traffic_hours(window_start, # start time of each window, seconds
+                  window_end,   # end time of each window, seconds
+                 ) -> float:
+    "Sum of `window_end - window_start` in hours (the capture's duration when windows tile it: stride == window size)."
+    a, b = _scores(window_start, "window_start"), _scores(window_end, "window_end")
+    if len(a) != len(b): raise ValueError(f"window_start has {len(a)} entries but window_end has {len(b)}")
+    if (b < a).any(): raise ValueError("a window ends before it starts")
+    return float((b - a).sum() / 3600)
+
+def false_alarms_per_hour(y_true, # 1 = attack window, 0 = normal
+                          score,  # higher = more likely attack
+                          threshold: float, # predict attack when score >= threshold
+                          hours: float, # hours of traffic scored, e.g. `traffic_hours`
+                         ) -> float:
+    "False positives at `threshold` per hour of traffic; nan when `hours <= 0`."
+    y, s = _inputs(y_true, score)
+    fp = int(np.count_nonzero(~y & (s >= threshold)))
+    return fp / hours if hours > 0 else math.nan
+
+# %% ../../nbs/evaluate/40_metrics.ipynb #7cbec08c
+def degenerate_reason(y_true, # test labels, 1 = attack window
+                      score,  # test scores, higher = more likely attack
+                      threshold: float, # predict attack when score >= threshold
+                      y_val=None,     # validation labels the threshold was chosen on, if known
+                      score_val=None, # validation scores, checked against y_val
+                     ) -> str | None:
+    "Why this row's numbers are not a result, or None."
+    y, s = _inputs(y_true, score)
+    P = int(y.sum())
+    if P == 0: return "no attack windows"
+    if P == len(y): return "no normal windows"
+    if score_val is not None and y_val is None: raise ValueError("score_val needs y_val")
+    if y_val is not None:
+        yv = _labels(y_val, "y_val") if score_val is None else _inputs(y_val, score_val)[0]
+        Pv = int(yv.sum())
+        if Pv == 0: return "validation has no attack windows"
+        if Pv == len(yv): return "validation has one class"
+    if (s >= threshold).all(): return "threshold flags every window"
+    return None
 
 # %% ../../nbs/evaluate/40_metrics.ipynb #1a0e9795
 _STATS = ("mean", "std", "min", "max", "count")

@@ -2,7 +2,7 @@
 
 # %% ../../nbs/lakehouse/50_records.ipynb #2e957ca5
 from __future__ import annotations
-import datetime as _dt, json, math, os, re, socket, uuid
+import datetime as _dt, io, json, math, re, socket, uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,13 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import KDGATConfig, Paths
+from ..files import atomic_write
 
 if TYPE_CHECKING:
     from kdgat.lakehouse.s3 import S3Mirror
 
 # %% auto #0
-__all__ = ['RECORD_FIELDS', 'STATUSES', 'SCHEMA_VERSION', 'METRIC_COLUMNS', 'normalize_record', 'atomic_write', 'QueryError',
-           'Lakehouse']
+__all__ = ['RECORD_FIELDS', 'STATUSES', 'SCHEMA_VERSION', 'METRIC_COLUMNS', 'normalize_record', 'QueryError', 'Lakehouse']
 
 # %% ../../nbs/lakehouse/50_records.ipynb #e211e9ce
 RECORD_FIELDS: dict[str, str] = {  # field -> DuckDB type of its column in the `stages` view
@@ -49,6 +49,7 @@ def _json_value(v: Any, where: str) -> Any:
         return _json_value(v.item(), where)
     raise ValueError(f"record field {where!r}: {type(v).__name__} is not JSON data ({v!r:.80})")
 
+# %% ../../nbs/lakehouse/50_records.ipynb #22d5e152
 def normalize_record(record: dict) -> dict:
     "Validate a stage record and return it as plain JSON data, every known field present."
     if not isinstance(record, dict): raise ValueError(f"a stage record must be a dict, got {type(record).__name__}")
@@ -75,30 +76,6 @@ def normalize_record(record: dict) -> dict:
                host=out["host"] or socket.gethostname(), schema_version=SCHEMA_VERSION)
     return out
 
-# %% ../../nbs/lakehouse/50_records.ipynb #73f992a5
-def _fsync_dir(folder: Path):
-    try: fd = os.open(folder, os.O_RDONLY)
-    except OSError: return
-    try: os.fsync(fd)
-    except OSError: pass  # some file systems do not allow fsync on a folder
-    finally: os.close(fd)
-
-def atomic_write(path: Path, data: bytes | None = None, write=None) -> Path:
-    "Write `data` (or call `write(fileobj)`) to `path` atomically: temp file in the same folder, fsync, os.replace."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            if write is not None: write(f)
-            else: f.write(data)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True); raise
-    _fsync_dir(path.parent)
-    return path
-
 # %% ../../nbs/lakehouse/50_records.ipynb #bb270eed
 METRIC_COLUMNS: dict[str, str] = {  # columns the `metrics` view always has (more are kept as written)
     "run_id": "VARCHAR", "stage": "VARCHAR", "record_id": "VARCHAR", "dataset": "VARCHAR", "model": "VARCHAR",
@@ -124,8 +101,10 @@ def _metrics_table(metrics: pd.DataFrame, run_id: str, stage: str, record_id: st
 class QueryError(RuntimeError):
     "A lakehouse query that DuckDB refused."
 
+# %% ../../nbs/lakehouse/50_records.ipynb #8a4c131f
 def _sql_str(s: str) -> str: return "'" + str(s).replace("'", "''") + "'"
 
+# %% ../../nbs/lakehouse/50_records.ipynb #80aa68c9
 class Lakehouse:
     "Stage records and metrics tables under `root`, written atomically, queried with DuckDB, optionally mirrored to S3."
     def __init__(self, root: Path | str, mirror: S3Mirror | None = None):
@@ -155,8 +134,9 @@ class Lakehouse:
         data = (json.dumps(rec, allow_nan=False, separators=(",", ":")) + "\n").encode()
         written = []
         if table is not None:  # metrics first: a record on disk means its metrics are there
-            written.append(atomic_write(self.root / "metrics" / rec["run_id"] / f"{name}.parquet",
-                                        write=lambda f: pq.write_table(table, f)))
+            buf = io.BytesIO()
+            pq.write_table(table, buf)
+            written.append(atomic_write(self.root / "metrics" / rec["run_id"] / f"{name}.parquet", buf.getvalue()))
         path = atomic_write(self.root / "stages" / rec["run_id"] / f"{name}.json", data)
         written.append(path)
         if self.mirror is not None:

@@ -6,6 +6,8 @@ import atexit, os, queue, random, threading, time, weakref
 from pathlib import Path
 from typing import Any
 
+from fastcore.basics import patch
+
 from ..config import LakehouseConfig
 
 # %% auto #0
@@ -20,7 +22,7 @@ def s3_endpoint(cfg: LakehouseConfig | None = None) -> str | None:
     if env: return None if env.lower() in ("none", "off", "0", "false") else env
     return (cfg or LakehouseConfig()).s3_endpoint or None
 
-# %% ../../nbs/lakehouse/51_s3.ipynb #7b0fabf2
+# %% ../../nbs/lakehouse/51_s3.ipynb #679bdead
 class MirrorError(RuntimeError):
     "The S3 endpoint could not be used for an explicit, synchronous operation (`catch_up`)."
 
@@ -37,6 +39,7 @@ def _transient(e: BaseException) -> bool:
     status = getattr(e, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0) if hasattr(e, "response") else 0
     return _error_code(e) in _TRANSIENT_CODES or (status or 0) >= 500
 
+# %% ../../nbs/lakehouse/51_s3.ipynb #82d8fd0f
 def _exit_flush(ref):
     m = ref()
     if m is not None and m._healthy and m.pending: m.flush(m.exit_flush)
@@ -85,165 +88,199 @@ class S3Mirror:
 
     def __repr__(self): return f"S3Mirror({self.endpoint_url!r}, {self.bucket!r}, prefix={self.prefix!r})"
 
-    # ---- the client
-    def client(self):
-        "The boto3 S3 client (created on first use)."
-        with self._client_lock:
-            if self._client is None:
-                import boto3
-                from botocore.config import Config
-                env = os.environ
-                if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-                    creds = dict(aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                                 aws_session_token=env.get("AWS_SESSION_TOKEN") or None)
-                elif env.get("AWS_PROFILE"): creds = dict(profile_name=env["AWS_PROFILE"])
-                else: creds = dict(aws_access_key_id="kdgat", aws_secret_access_key="kdgat")
-                session = boto3.session.Session(region_name=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1", **creds)
-                self._client = session.client("s3", endpoint_url=self.endpoint_url, config=Config(
-                    connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
-                    retries={"total_max_attempts": 1, "mode": "standard"}, s3={"addressing_style": "path"},
-                    request_checksum_calculation="when_required", response_checksum_validation="when_required"))
-            return self._client
+# %% ../../nbs/lakehouse/51_s3.ipynb #e355b8c1
+@patch
+def client(self: S3Mirror):
+    "The boto3 S3 client (created on first use)."
+    with self._client_lock:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+            env = os.environ
+            if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+                creds = dict(aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                             aws_session_token=env.get("AWS_SESSION_TOKEN") or None)
+            elif env.get("AWS_PROFILE"): creds = dict(profile_name=env["AWS_PROFILE"])
+            else: creds = dict(aws_access_key_id="kdgat", aws_secret_access_key="kdgat")
+            session = boto3.session.Session(region_name=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1", **creds)
+            self._client = session.client("s3", endpoint_url=self.endpoint_url, config=Config(
+                connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+                retries={"total_max_attempts": 1, "mode": "standard"}, s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required", response_checksum_validation="when_required"))
+        return self._client
 
-    def key(self, key: str) -> str:
-        "The object key of a lakehouse-relative `key`."
-        key = key.lstrip("/")
-        return f"{self.prefix}/{key}" if self.prefix else key
+# %% ../../nbs/lakehouse/51_s3.ipynb #0cd63ba4
+@patch
+def key(self: S3Mirror, key: str) -> str:
+    "The object key of a lakehouse-relative `key`."
+    key = key.lstrip("/")
+    return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _ensure_bucket(self):
-        from botocore.exceptions import ClientError
-        c = self.client()
-        try: c.head_bucket(Bucket=self.bucket)
-        except ClientError as e:
-            if _error_code(e) not in ("404", "NoSuchBucket", "NotFound"): raise
-            kw = {} if c.meta.region_name == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": c.meta.region_name}}
-            try: c.create_bucket(Bucket=self.bucket, **kw)
-            except ClientError as e2:
-                if _error_code(e2) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"): raise
-        self._bucket_ok = True
+# %% ../../nbs/lakehouse/51_s3.ipynb #22a4e191
+@patch
+def _ensure_bucket(self: S3Mirror):
+    from botocore.exceptions import ClientError
+    c = self.client()
+    try: c.head_bucket(Bucket=self.bucket)
+    except ClientError as e:
+        if _error_code(e) not in ("404", "NoSuchBucket", "NotFound"): raise
+        kw = {} if c.meta.region_name == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": c.meta.region_name}}
+        try: c.create_bucket(Bucket=self.bucket, **kw)
+        except ClientError as e2:
+            if _error_code(e2) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"): raise
+    self._bucket_ok = True
 
-    def _put(self, path: Path, key: str):
-        "Upload one file now (raises on failure); recreates the bucket if it vanished."
-        if not self._bucket_ok: self._ensure_bucket()
-        for again in (True, False):
-            try:
-                with open(path, "rb") as f:
-                    self.client().put_object(Bucket=self.bucket, Key=self.key(key), Body=f)
-                return
-            except Exception as e:
-                if again and _error_code(e) == "NoSuchBucket":
-                    self._bucket_ok = False; self._ensure_bucket(); continue
-                raise
-
-    # ---- the background queue
-    def submit(self, local_path: Path, key: str) -> bool:
-        "Queue `local_path` for upload as `key` (relative to the prefix); returns at once, False if it had to be dropped."
+# %% ../../nbs/lakehouse/51_s3.ipynb #221e1f8d
+@patch
+def _put(self: S3Mirror, path: Path, key: str):
+    "Upload one file now (raises on failure); recreates the bucket if it vanished."
+    if not self._bucket_ok: self._ensure_bucket()
+    for again in (True, False):
         try:
-            if self._closed:
-                with self._lock: self._stats["dropped"] += 1
-                return False
-            if self._pid != os.getpid(): self._reset()
-            self._q.put_nowait((Path(local_path), str(key)))
-            self._start()
-            return True
-        except Exception:  # queue.Full, or anything else: never let the mirror break the caller
+            with open(path, "rb") as f:
+                self.client().put_object(Bucket=self.bucket, Key=self.key(key), Body=f)
+            return
+        except Exception as e:
+            if again and _error_code(e) == "NoSuchBucket":
+                self._bucket_ok = False
+                self._ensure_bucket()
+                continue
+            raise
+
+# %% ../../nbs/lakehouse/51_s3.ipynb #eea96944
+@patch
+def _count(self: S3Mirror, k: str, n: int = 1):
+    with self._lock: self._stats[k] += n
+
+# %% ../../nbs/lakehouse/51_s3.ipynb #973c397f
+@patch(as_prop=True)
+def pending(self: S3Mirror) -> int:
+    "Files submitted and not yet uploaded (or given up)."
+    return self._q.unfinished_tasks
+
+# %% ../../nbs/lakehouse/51_s3.ipynb #f644ebc5
+@patch(as_prop=True)
+def stats(self: S3Mirror) -> dict[str, Any]:
+    "Counters: uploaded, failed_attempts, dropped (queue full or closed), given_up, missing; pending, healthy, last_error."
+    with self._lock: s = dict(self._stats)
+    return {**s, "pending": self.pending, "healthy": self._healthy, "last_error": self.last_error}
+
+# %% ../../nbs/lakehouse/51_s3.ipynb #93af0b71
+@patch
+def _run(self: S3Mirror):
+    try: self.client()
+    except Exception as e: self.last_error = f"{type(e).__name__}: {e}"
+    failures = 0  # consecutive, across items: the backoff state of the endpoint
+    idle_since = time.monotonic()
+    while not self._stop.is_set():
+        try: path, key = self._q.get(timeout=0.2)
+        except queue.Empty:
+            if time.monotonic() - idle_since > self.idle_exit:
+                with self._lock:  # `_start` decides under the same lock: no item is ever left without a thread
+                    if self._q.empty():
+                        self._thread = None
+                        return
+            continue
+        refusals = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._put(path, key)
+                    self._count("uploaded")
+                    self._healthy = True
+                    failures = 0
+                    break
+                except FileNotFoundError:
+                    self._count("missing")
+                    break  # deleted locally before it could be uploaded
+                except Exception as e:
+                    self._count("failed_attempts")
+                    failures += 1
+                    self.last_error = f"{type(e).__name__}: {e}"
+                    if _transient(e): self._healthy = False
+                    else:
+                        refusals += 1
+                        if refusals >= self.max_refusals:
+                            self._count("given_up")
+                            break
+                    delay = min(self.retry_max, self.retry_base * 2 ** min(failures - 1, 30))
+                    self._stop.wait(delay * (0.8 + 0.4 * random.random()))
+        finally:
+            self._q.task_done()
+            idle_since = time.monotonic()
+
+# %% ../../nbs/lakehouse/51_s3.ipynb #4000fce3
+@patch
+def _start(self: S3Mirror):
+    with self._lock:
+        if not self._closed and (self._thread is None or not self._thread.is_alive()):
+            self._thread = threading.Thread(target=self._run, name="kdgat-s3-mirror", daemon=True)
+            self._thread.start()
+
+# %% ../../nbs/lakehouse/51_s3.ipynb #5e0c42e3
+@patch
+def submit(self: S3Mirror, local_path: Path, key: str) -> bool:
+    "Queue `local_path` for upload as `key` (relative to the prefix); returns at once, False if it had to be dropped."
+    try:
+        if self._closed:
             with self._lock: self._stats["dropped"] += 1
             return False
-
-    def _start(self):
-        with self._lock:
-            if not self._closed and (self._thread is None or not self._thread.is_alive()):
-                self._thread = threading.Thread(target=self._run, name="kdgat-s3-mirror", daemon=True)
-                self._thread.start()
-
-    def _count(self, k: str, n: int = 1):
-        with self._lock: self._stats[k] += n
-
-    def _run(self):
-        try: self.client()
-        except Exception as e: self.last_error = f"{type(e).__name__}: {e}"
-        failures = 0  # consecutive, across items: the backoff state of the endpoint
-        idle_since = time.monotonic()
-        while not self._stop.is_set():
-            try: path, key = self._q.get(timeout=0.2)
-            except queue.Empty:
-                if time.monotonic() - idle_since > self.idle_exit:
-                    with self._lock:  # `_start` decides under the same lock: no item is ever left without a thread
-                        if self._q.empty(): self._thread = None; return
-                continue
-            refusals = 0
-            try:
-                while not self._stop.is_set():
-                    try:
-                        self._put(path, key)
-                        self._count("uploaded"); self._healthy = True; failures = 0
-                        break
-                    except FileNotFoundError:
-                        self._count("missing"); break  # deleted locally before it could be uploaded
-                    except Exception as e:
-                        self._count("failed_attempts"); failures += 1
-                        self.last_error = f"{type(e).__name__}: {e}"
-                        if _transient(e): self._healthy = False
-                        else:
-                            refusals += 1
-                            if refusals >= self.max_refusals: self._count("given_up"); break
-                        delay = min(self.retry_max, self.retry_base * 2 ** min(failures - 1, 30))
-                        self._stop.wait(delay * (0.8 + 0.4 * random.random()))
-            finally:
-                self._q.task_done()
-                idle_since = time.monotonic()
-
-    @property
-    def pending(self) -> int:
-        "Files submitted and not yet uploaded (or given up)."
-        return self._q.unfinished_tasks
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        "Counters: uploaded, failed_attempts, dropped (queue full or closed), given_up, missing; pending, healthy, last_error."
-        with self._lock: s = dict(self._stats)
-        return {**s, "pending": self.pending, "healthy": self._healthy, "last_error": self.last_error}
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        "Wait until every submitted file is uploaded (True) or `timeout` seconds pass (False)."
-        end = time.monotonic() + timeout
-        q = self._q
-        with q.all_tasks_done:
-            while q.unfinished_tasks:
-                left = end - time.monotonic()
-                if left <= 0 or self._closed: return False
-                q.all_tasks_done.wait(min(left, 0.5))
+        if self._pid != os.getpid(): self._reset()
+        self._q.put_nowait((Path(local_path), str(key)))
+        self._start()
         return True
+    except Exception:  # queue.Full, or anything else: never let the mirror break the caller
+        with self._lock: self._stats["dropped"] += 1
+        return False
 
-    def close(self, timeout: float = 1.0):
-        "Stop the background thread; what is still queued stays for `catch_up`."
-        self._closed = True
-        self._stop.set()
-        if self._thread is not None and self._pid == os.getpid(): self._thread.join(timeout)
+# %% ../../nbs/lakehouse/51_s3.ipynb #3969c4cf
+@patch
+def flush(self: S3Mirror, timeout: float = 10.0) -> bool:
+    "Wait until every submitted file is uploaded (True) or `timeout` seconds pass (False)."
+    end = time.monotonic() + timeout
+    q = self._q
+    with q.all_tasks_done:
+        while q.unfinished_tasks:
+            left = end - time.monotonic()
+            if left <= 0 or self._closed: return False
+            q.all_tasks_done.wait(min(left, 0.5))
+    return True
 
-    # ---- catching up
-    def remote_sizes(self) -> dict[str, int]:
-        "Object sizes under the prefix, by lakehouse-relative key."
-        pre = self.key("")
-        out = {}
-        for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=pre):
-            for o in page.get("Contents", []): out[o["Key"][len(pre):]] = int(o["Size"])
-        return out
+# %% ../../nbs/lakehouse/51_s3.ipynb #2f133206
+@patch
+def close(self: S3Mirror, timeout: float = 1.0):
+    "Stop the background thread; what is still queued stays for `catch_up`."
+    self._closed = True
+    self._stop.set()
+    if self._thread is not None and self._pid == os.getpid(): self._thread.join(timeout)
 
-    def catch_up(self, root: Path) -> int:
-        "Upload every file under `root` that the bucket lacks or holds at another size; the number uploaded."
-        root = Path(root)
-        try:
-            self._ensure_bucket()
-            remote = self.remote_sizes()
-            n = 0
-            for p in sorted(root.rglob("*")):
-                rel = p.relative_to(root)
-                if any(part.startswith(".") for part in rel.parts) or not p.is_file(): continue  # temporary files
-                key = rel.as_posix()
-                if remote.get(key) != p.stat().st_size:
-                    self._put(p, key); n += 1
-            self._healthy = True
-            return n
-        except Exception as e:
-            raise MirrorError(f"S3 mirror {self.endpoint_url} bucket {self.bucket!r}: {type(e).__name__}: {e}") from e
+# %% ../../nbs/lakehouse/51_s3.ipynb #e4068ea3
+@patch
+def remote_sizes(self: S3Mirror) -> dict[str, int]:
+    "Object sizes under the prefix, by lakehouse-relative key."
+    pre = self.key("")
+    out = {}
+    for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=pre):
+        for o in page.get("Contents", []): out[o["Key"][len(pre):]] = int(o["Size"])
+    return out
+
+# %% ../../nbs/lakehouse/51_s3.ipynb #8cb5fb49
+@patch
+def catch_up(self: S3Mirror, root: Path) -> int:
+    "Upload every file under `root` that the bucket lacks or holds at another size; the number uploaded."
+    root = Path(root)
+    try:
+        self._ensure_bucket()
+        remote = self.remote_sizes()
+        n = 0
+        for p in sorted(root.rglob("*")):
+            rel = p.relative_to(root)
+            if any(part.startswith(".") for part in rel.parts) or not p.is_file(): continue  # temporary files
+            key = rel.as_posix()
+            if remote.get(key) != p.stat().st_size:
+                self._put(p, key)
+                n += 1
+        self._healthy = True
+        return n
+    except Exception as e:
+        raise MirrorError(f"S3 mirror {self.endpoint_url} bucket {self.bucket!r}: {type(e).__name__}: {e}") from e

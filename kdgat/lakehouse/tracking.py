@@ -25,6 +25,7 @@ def _scoped_env(values: Mapping[str, str]) -> Iterator[None]:
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
 
+# %% ../../nbs/lakehouse/53_tracking.ipynb #e7a6917d
 def _wandb_env(stage_dir: Path, mode: str) -> dict[str, str]:
     "Environment that keeps every file W&B writes under `stage_dir/wandb/` and turns off its error reporting."
     w = stage_dir / "wandb"
@@ -37,6 +38,7 @@ def _wandb_env(stage_dir: Path, mode: str) -> dict[str, str]:
     if mode != "online": env["WANDB_CONFIG_DIR"] = str(w / ".config")
     return env
 
+# %% ../../nbs/lakehouse/53_tracking.ipynb #0411d84f
 @contextlib.contextmanager
 def _fast_service_start() -> Iterator[None]:
     "Poll for the new wandb-core's port file every 5 ms instead of 200 ms (private W&B hook; a no-op if it is gone)."
@@ -45,11 +47,13 @@ def _fast_service_start() -> Iterator[None]:
         orig = spf._SLEEP
     except Exception: orig = None
     if orig is None:
-        yield; return
+        yield
+        return
     spf._SLEEP = lambda s: orig(min(s, 0.005))
     try: yield
     finally: spf._SLEEP = orig
 
+# %% ../../nbs/lakehouse/53_tracking.ipynb #01edf325
 def _has_service() -> bool:
     "Whether this process already uses W&B (an active run, a service connection): then we must leave its service alone."
     import wandb
@@ -60,6 +64,7 @@ def _has_service() -> bool:
         return s is not None and s._pid == os.getpid() and s._connection is not None
     except Exception: return False
 
+# %% ../../nbs/lakehouse/53_tracking.ipynb #baf0969b
 def _clean(values: Mapping | None, what: str) -> dict[str, Any]:
     "`values` with string keys; a value W&B cannot serialise becomes its `repr`, with a warning."
     if not values: return {}
@@ -70,7 +75,9 @@ def _clean(values: Mapping | None, what: str) -> dict[str, Any]:
         k = str(k)
         if not isinstance(v, wandb.sdk.data_types.base_types.wb_value.WBValue):  # media: W&B encodes those itself
             try: json_dumps_safer(json_friendly(v)[0])
-            except Exception: v = repr(v); bad.append(k)
+            except Exception:
+                v = repr(v)
+                bad.append(k)
         out[k] = v
     if bad: warnings.warn(f"W&B: {what} values {bad} are not serialisable; logged as their repr", stacklevel=3)
     return out
@@ -127,14 +134,20 @@ def _log_records(path: Path) -> Iterator[bytes]:
     pos, buf, block = 7, b"", 32768
     while pos + 7 <= len(data):
         left = block - pos % block
-        if left < 7: pos += left; continue  # block trailer padding
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
         n, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        chunk = data[pos + 7:pos + 7 + n]; pos += 7 + n
+        chunk = data[pos + 7:pos + 7 + n]
+        pos += 7 + n
         if kind == 1: yield chunk  # full
         elif kind == 2: buf = chunk  # first
         elif kind == 3: buf += chunk  # middle
-        elif kind == 4: yield buf + chunk; buf = b""  # last
+        elif kind == 4:  # last
+            yield buf + chunk
+            buf = b""
 
+# %% ../../nbs/lakehouse/53_tracking.ipynb #39964620
 def _wait_complete(run_dir: Path, timeout: float = 10.0) -> None:
     "Wait until the run's transaction log ends with its exit record; raise `TimeoutError` after `timeout` s."
     from wandb.proto import wandb_internal_pb2 as pb
@@ -148,6 +161,7 @@ def _wait_complete(run_dir: Path, timeout: float = 10.0) -> None:
         if time.monotonic() > end: raise TimeoutError(f"W&B did not finish writing {run_dir} in {timeout} s")
         time.sleep(0.002)
 
+# %% ../../nbs/lakehouse/53_tracking.ipynb #5e3c12c4
 def _items(items, internal: bool) -> dict[str, Any]:
     out = {}
     for it in items:
@@ -155,6 +169,7 @@ def _items(items, internal: bool) -> dict[str, Any]:
         if internal or not key.startswith("_"): out[key] = json.loads(it.value_json)
     return out
 
+# %% ../../nbs/lakehouse/53_tracking.ipynb #8146c67f
 def read_offline_run(run_dir: Path,  # a run folder from `log_stage` or `offline_runs`
                      internal: bool = False,  # keep W&B's own keys (`_step`, `_runtime`, `_wandb`, ...)
                     ) -> dict[str, Any]:
@@ -179,17 +194,20 @@ def offline_runs(root: Path) -> list[Path]:
     "Every offline W&B run folder under `root` (a run folder, a stage folder, ...), recursively, sorted."
     return sorted({log.parent for log in Path(root).rglob("offline-run-*/run-*.wandb") if log.is_file()})
 
+# %% ../../nbs/lakehouse/53_tracking.ipynb #7d5647d4
 def _wandb_exe() -> list[str]:
     "The `wandb` console script of this environment, else `wandb` on PATH, else `python -m wandb`."
     here = Path(sys.executable).with_name("wandb")
     if here.exists(): return [str(here)]
     return ["wandb"] if shutil.which("wandb") else [sys.executable, "-m", "wandb"]
 
+# %% ../../nbs/lakehouse/53_tracking.ipynb #94b881db
 def sync_command(root: Path) -> list[str]:
     "The `wandb sync` command line that uploads every offline run under `root`; `[]` when there is none."
     runs = offline_runs(root)
     return [*_wandb_exe(), "sync", *map(str, runs)] if runs else []
 
+# %% ../../nbs/lakehouse/53_tracking.ipynb #e103a941
 def sync(root: Path,  # a run folder (or any folder above stage folders)
          dry_run: bool = True,  # only list the runs; `kdgat sync` prints `sync_command(root)` then
         ) -> list[Path]:  # the offline runs found

@@ -11,7 +11,8 @@ import pandas as pd
 import yaml
 
 from ..config import ConfigError, KDGATConfig, dump_config
-from .stages import FAILED, MARKER, SKIPPED, StageRef, git_revision, json_text, write_atomic
+from ..files import atomic_write
+from .stages import FAILED, MARKER, SKIPPED, StageRef, git_revision, json_text
 
 # %% auto #0
 __all__ = ['COMPLETE', 'LOCK', 'RUN_YAML', 'CONFIG_YAML', 'new_run_id', 'RunLockedError', 'lock_owner', 'RunFolder',
@@ -58,8 +59,8 @@ class RunFolder:
                 "calibrations": list(p.calibrations), "baseline": p.baseline, "stages": [s.key for s in stages]}
         old = self.meta()
         if old: meta["created_at"] = old.get("created_at", meta["created_at"])
-        write_atomic(self.path / RUN_YAML, yaml.safe_dump(meta, sort_keys=False))
-        write_atomic(self.path / CONFIG_YAML, dump_config(cfg))
+        atomic_write(self.path / RUN_YAML, yaml.safe_dump(meta, sort_keys=False))
+        atomic_write(self.path / CONFIG_YAML, dump_config(cfg))
 
     def meta(self) -> dict:
         try: return yaml.safe_load((self.path / RUN_YAML).read_text()) or {}
@@ -82,14 +83,14 @@ class RunFolder:
         owner = lock_owner(self.path)
         if owner and not (owner.get("host") == socket.gethostname() and owner.get("pid") == os.getpid()):
             raise RunLockedError(f"{self.path}: run by PID {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}")
-        write_atomic(self.path / LOCK, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+        atomic_write(self.path / LOCK, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                                    "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}))
 
     def release(self): (self.path / LOCK).unlink(missing_ok=True)
 
     def complete(self, outcome: dict):
         "Write `_COMPLETE.json` (the last file of a run)."
-        write_atomic(self.path / COMPLETE, json_text(outcome))
+        atomic_write(self.path / COMPLETE, json_text(outcome))
 
     @property
     def is_complete(self) -> bool: return (self.path / COMPLETE).is_file()
@@ -102,7 +103,8 @@ class RunFolder:
             d = self.path / s.key
             row = {"stage": s.key, "kind": s.kind, "status": "pending", "seconds": None, "reason": None}
             if (d / MARKER).is_file():
-                m = json.loads((d / MARKER).read_text()); row.update(status="success", seconds=m.get("seconds"))
+                m = json.loads((d / MARKER).read_text())
+                row.update(status="success", seconds=m.get("seconds"))
             elif (d / FAILED).is_file() or (d / SKIPPED).is_file():
                 rec = json.loads((d / (FAILED if (d / FAILED).is_file() else SKIPPED)).read_text())
                 row.update(status=rec.get("status", "failed"), seconds=rec.get("seconds"), reason=rec.get("failure_reason"))
@@ -138,5 +140,6 @@ def clean_orphans(runs_root: str | Path, older_than_s: float = 24 * 3600, delete
         if delete:
             d = Path(o["path"])
             if (d / COMPLETE).is_file() or lock_owner(d): continue  # it changed since it was listed
-            shutil.rmtree(d); o["deleted"] = True
+            shutil.rmtree(d)
+            o["deleted"] = True
     return orphans
