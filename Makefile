@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.kdgat-setup
 
-.PHONY: setup demo test test-nbs test-py check-sync readme clean-venv
+.PHONY: setup demo test test-nbs test-py check-sync readme readme-results clean-venv
 
 setup: $(STAMP)
 
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 demo: setup
-	$(BIN)/kdgat run --tag demo
+	$(BIN)/kdgat demo
 
 test: setup test-nbs test-py
 
@@ -58,6 +58,12 @@ check-sync: setup
 
 readme: setup
 	$(BIN)/python -c "from execnb.nbio import read_nb; nb = read_nb('nbs/index.ipynb'); open('README.md', 'w').write('<!-- generated from nbs/index.ipynb by make readme: edit the notebook -->\n\n' + '\n\n'.join(c.source.strip() for c in nb.cells if c.cell_type == 'markdown') + '\n')"
+
+# the README's result tables, generated from a named run's lakehouse rows (then README.md from the notebook)
+readme-results: setup
+	@test -n "$(RUN)" || { echo "usage: make readme-results RUN=<run_id>"; exit 2; }
+	$(BIN)/kdgat evaluate $(RUN) --readme nbs/index.ipynb
+	$(MAKE) --no-print-directory readme
 
 clean-venv:
 	rm -rf $(VENV)

@@ -210,9 +210,10 @@ def test_editing_a_model_module_reruns_its_training_stages(root, tmp_path):
     shutil.copytree(project / "kdgat", copy / "kdgat", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(project / "nbs" / "stages", copy / "nbs" / "stages")
     env = {**_env(root), "PYTHONPATH": str(copy)}
-    def run(*args):
-        return subprocess.run([KDGAT, *args], env=env, capture_output=True, text=True, timeout=600)
-    where = subprocess.run([sys.executable, "-c", "import kdgat; print(kdgat.__file__)"], env=env, capture_output=True, text=True)
+    def run(*args):  # outside the project folder, so that nothing imports kdgat from the current directory
+        return subprocess.run([KDGAT, *args], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    where = subprocess.run([sys.executable, "-c", "import kdgat; print(kdgat.__file__)"], env=env, capture_output=True,
+                           text=True, cwd=tmp_path)
     assert where.stdout.strip() == str(copy / "kdgat" / "__init__.py"), where  # the copy is what runs
     args = ["--variants", "small", "--no-baseline", *QUICK]
     first = run("run", "--tag", "edited", *args)
@@ -224,6 +225,7 @@ def test_editing_a_model_module_reruns_its_training_stages(root, tmp_path):
     gat.write_text(gat.read_text() + "\n# an edit to the model's module\n")
     edited = run("run", "--resume", rid, *args)
     assert edited.returncode == 0, edited.stdout + edited.stderr
-    lines = {l.split()[2]: l.split()[1] for l in edited.stdout.splitlines() if l.startswith("[")}
+    done = [l.split("]", 1)[1].split() for l in edited.stdout.splitlines() if l.startswith("[")]  # [ 3/5] ok KEY ...
+    lines = {parts[1]: parts[0] for parts in done}
     for model in ("vgae", "gat", "fusion"):
         assert lines[f"synthetic/none/seed0/small/{model}"] == "ok", edited.stdout

@@ -39,6 +39,12 @@ class CANFrames:
         at = None if attack_type is None else np.where(self.label == 1, attack_type, 0).astype(np.int8)
         return make_standard_frame(self.timestamp, self.can_id, self.payload, self.label, at, self.dlc, first_line=0).assign(line=self.line)
 
+# %% ../../nbs/data/12_readers.ipynb #cc794513
+def _show(found, row) -> str:
+    v = found(row) if callable(found) else found[row]
+    return repr(v.as_py() if hasattr(v, "as_py") else v)
+
+# %% ../../nbs/data/12_readers.ipynb #557b9ddc
 class _Problems:
     "Row-level problems found by vectorised checks: (row indices, expected, found values)."
     def __init__(self): self.items: list[tuple[np.ndarray, str, np.ndarray | list]] = []
@@ -50,10 +56,6 @@ class _Problems:
     def first(self) -> tuple[int, str, str]:
         r, exp, found = min(self.items, key=lambda it: it[0][0])
         return int(r[0]), exp, _show(found, r[0])
-
-def _show(found, row) -> str:
-    v = found(row) if callable(found) else found[row]
-    return repr(v.as_py() if hasattr(v, "as_py") else v)
 
 # %% ../../nbs/data/12_readers.ipynb #d4a411e5
 _NIBBLE = np.full(256, 255, np.uint8)
@@ -71,6 +73,7 @@ def _string_buffers(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
     return off, data
 
+# %% ../../nbs/data/12_readers.ipynb #5ee941a8
 def parse_hex_ids(arr: pa.Array, max_digits: int = 8) -> tuple[np.ndarray, np.ndarray]:
     "Hex strings -> int64 values, and a mask of rows that are empty, too long or not hex."
     off, data = _string_buffers(arr)
@@ -144,6 +147,7 @@ def _nonempty_lines(raw: bytes) -> np.ndarray:
     blank = (first == 10) | ((first == 13) & (buf[np.minimum(starts + 1, len(buf) - 1)] == 10))
     return (np.flatnonzero(~blank) + 1).astype(np.int64)
 
+# %% ../../nbs/data/12_readers.ipynb #945a7b3a
 def _row_lines(raw: bytes, n_rows: int, header_lines: int, skipped: list[int]) -> np.ndarray:
     "1-based file line of each parsed row; `skipped` are parser row numbers (non-blank line ordinals) left out."
     n_lines = raw.count(b"\n") + (not raw.endswith(b"\n"))
@@ -167,11 +171,64 @@ class CSVColumns:
 _MAX_EXAMPLES = 1000  # quarantine keeps this many examples; the count is always exact
 _NONSPACE = re.compile(rb"\S")
 
+# %% ../../nbs/data/12_readers.ipynb #73e98dab
 def _read_bytes(path: Path) -> bytes:
     try: return path.read_bytes()
     except FileNotFoundError: raise InputError(path, None, "an existing file", "nothing at that path") from None
     except IsADirectoryError: raise InputError(path, None, "a file", "a directory") from None
 
+# %% ../../nbs/data/12_readers.ipynb #35e9071f
+def _column_floats(col: pa.ChunkedArray, prob: _Problems, expected: str) -> np.ndarray:
+    if pa.types.is_floating(col.type):
+        out = col.to_numpy() if col.num_chunks != 1 else col.chunk(0).to_numpy(zero_copy_only=False)
+        return out if col.null_count == 0 else np.where(col.is_null().to_numpy(zero_copy_only=False), np.nan, out)
+    vals = np.full(len(col), np.nan)  # only on the error path: text that did not convert
+    for i, s in enumerate(col.to_pylist()):
+        try: vals[i] = float(s)
+        except (TypeError, ValueError): pass
+    prob.add(np.isnan(vals) & ~np.isin(np.asarray(col.to_pylist(), dtype=object), ["nan", "NaN"]), expected, col)
+    return vals
+
+# %% ../../nbs/data/12_readers.ipynb #24f67cb8
+def _column_labels(col: pa.ChunkedArray, prob: _Problems) -> np.ndarray:
+    if pa.types.is_integer(col.type):
+        lab = col.to_numpy() if col.num_chunks != 1 else col.chunk(0).to_numpy(zero_copy_only=False)
+        if col.null_count: lab = np.where(col.is_null().to_numpy(zero_copy_only=False), -1, lab)
+    else:  # text labels ("1", "True", "False", "nan", ...): only what means 0 or 1 is accepted
+        idx = pc.index_in(pc.utf8_lower(pc.utf8_trim_whitespace(col)), value_set=pa.array(["0", "1", "false", "true"])).to_numpy(zero_copy_only=False)
+        lab = np.where(np.isnan(idx.astype(float)), -1, idx.astype(float) % 2).astype(np.int64)
+    bad = (lab != 0) & (lab != 1)
+    prob.add(bad, "a label 0 (normal) or 1 (attack)", col)
+    return np.where(bad, 0, lab).astype(np.int8)
+
+# %% ../../nbs/data/12_readers.ipynb #d7953283
+def _finish(path, ts, ids, payload, dlc, label, lines, prob: _Problems, strict: bool, invalid, n_invalid) -> CANFrames:
+    "Check time order, then raise on the first problem (strict) or drop and quarantine bad rows."
+    prob.add(ids > 0x1FFFFFFF, "a CAN ID below 0x20000000 (29 bits)", ids)
+    good = np.ones(len(ts), bool)
+    good[prob.rows()] = False
+    # time order among the rows that are otherwise fine: a row earlier than any row before it is out of order
+    tg = np.where(good, ts, -np.inf)
+    back = np.zeros(len(ts), bool)
+    back[1:] = tg[1:] < np.maximum.accumulate(tg)[:-1]
+    prob.add(back & good, "timestamps that never go backwards", lambda r: f"{float(ts[r])!r} after {float(np.maximum.accumulate(tg)[r - 1])!r}")
+    if prob.items and strict:
+        row, exp, found = prob.first()
+        raise InputError(path, int(lines[row]), exp, found)
+    quarantine = [(ln, f"{e} fields", f"{a}: {t[:80]!r}") for ln, e, a, t in invalid]
+    n_q = n_invalid
+    if prob.items:
+        bad_rows = prob.rows()
+        for rows, exp, found in prob.items:
+            quarantine += [(int(lines[r]), exp, _show(found, r)) for r in rows[:_MAX_EXAMPLES]]
+        n_q += len(bad_rows)
+        keep = np.ones(len(ts), bool)
+        keep[bad_rows] = False
+        ts, ids, payload, dlc, label, lines = ts[keep], ids[keep], payload[keep], dlc[keep], label[keep], lines[keep]
+    quarantine.sort()
+    return CANFrames(ts, ids.astype(np.int64), payload, dlc, label, lines, quarantine[:_MAX_EXAMPLES], n_q)
+
+# %% ../../nbs/data/12_readers.ipynb #f37f84aa
 def read_can_csv(path: str | Path, columns: CSVColumns = CSVColumns(), strict: bool = True, raw: bytes | None = None) -> CANFrames:
     "Read a CAN CSV export into `CANFrames`; bad rows raise (strict) or are quarantined."
     path = Path(path)
@@ -223,54 +280,6 @@ def read_can_csv(path: str | Path, columns: CSVColumns = CSVColumns(), strict: b
     prob.add(pp["long"], "a payload of at most 8 bytes (16 hex digits)", tbl[columns.payload])
     label = _column_labels(tbl[columns.label], prob)
     return _finish(path, ts, ids, payload, dlc, label, lines, prob, strict, invalid, n_invalid[0])
-
-def _column_floats(col: pa.ChunkedArray, prob: _Problems, expected: str) -> np.ndarray:
-    if pa.types.is_floating(col.type):
-        out = col.to_numpy() if col.num_chunks != 1 else col.chunk(0).to_numpy(zero_copy_only=False)
-        return out if col.null_count == 0 else np.where(col.is_null().to_numpy(zero_copy_only=False), np.nan, out)
-    vals = np.full(len(col), np.nan)  # only on the error path: text that did not convert
-    for i, s in enumerate(col.to_pylist()):
-        try: vals[i] = float(s)
-        except (TypeError, ValueError): pass
-    prob.add(np.isnan(vals) & ~np.isin(np.asarray(col.to_pylist(), dtype=object), ["nan", "NaN"]), expected, col)
-    return vals
-
-def _column_labels(col: pa.ChunkedArray, prob: _Problems) -> np.ndarray:
-    if pa.types.is_integer(col.type):
-        lab = col.to_numpy() if col.num_chunks != 1 else col.chunk(0).to_numpy(zero_copy_only=False)
-        if col.null_count: lab = np.where(col.is_null().to_numpy(zero_copy_only=False), -1, lab)
-    else:  # text labels ("1", "True", "False", "nan", ...): only what means 0 or 1 is accepted
-        idx = pc.index_in(pc.utf8_lower(pc.utf8_trim_whitespace(col)), value_set=pa.array(["0", "1", "false", "true"])).to_numpy(zero_copy_only=False)
-        lab = np.where(np.isnan(idx.astype(float)), -1, idx.astype(float) % 2).astype(np.int64)
-    bad = (lab != 0) & (lab != 1)
-    prob.add(bad, "a label 0 (normal) or 1 (attack)", col)
-    return np.where(bad, 0, lab).astype(np.int8)
-
-def _finish(path, ts, ids, payload, dlc, label, lines, prob: _Problems, strict: bool, invalid, n_invalid) -> CANFrames:
-    "Check time order, then raise on the first problem (strict) or drop and quarantine bad rows."
-    prob.add(ids > 0x1FFFFFFF, "a CAN ID below 0x20000000 (29 bits)", ids)
-    good = np.ones(len(ts), bool)
-    good[prob.rows()] = False
-    # time order among the rows that are otherwise fine: a row earlier than any row before it is out of order
-    tg = np.where(good, ts, -np.inf)
-    back = np.zeros(len(ts), bool)
-    back[1:] = tg[1:] < np.maximum.accumulate(tg)[:-1]
-    prob.add(back & good, "timestamps that never go backwards", lambda r: f"{float(ts[r])!r} after {float(np.maximum.accumulate(tg)[r - 1])!r}")
-    if prob.items and strict:
-        row, exp, found = prob.first()
-        raise InputError(path, int(lines[row]), exp, found)
-    quarantine = [(ln, f"{e} fields", f"{a}: {t[:80]!r}") for ln, e, a, t in invalid]
-    n_q = n_invalid
-    if prob.items:
-        bad_rows = prob.rows()
-        for rows, exp, found in prob.items:
-            quarantine += [(int(lines[r]), exp, _show(found, r)) for r in rows[:_MAX_EXAMPLES]]
-        n_q += len(bad_rows)
-        keep = np.ones(len(ts), bool)
-        keep[bad_rows] = False
-        ts, ids, payload, dlc, label, lines = ts[keep], ids[keep], payload[keep], dlc[keep], label[keep], lines[keep]
-    quarantine.sort()
-    return CANFrames(ts, ids.astype(np.int64), payload, dlc, label, lines, quarantine[:_MAX_EXAMPLES], n_q)
 
 # %% ../../nbs/data/12_readers.ipynb #0cbf86f1
 _CANDUMP = (r"^\s*\((?P<ts>[^)]*)\)\s+(?P<iface>\S+)\s+(?P<id>[^#\s]*)#(?P<data>\S*)"

@@ -54,7 +54,8 @@ def _transformer_inference(conv: TransformerConv, x: Tensor, edge_index: Tensor,
     k_j, v_j = k.index_select(0, src), v.index_select(0, src)
     if conv.lin_edge is not None and edge_attr is not None:
         e = F.linear(edge_attr, conv.lin_edge.weight)
-        k_j.add_(e); v_j.add_(e)
+        k_j.add_(e)
+        v_j.add_(e)
     a = q.index_select(0, dst).mul_(k_j).view(-1, H, C).sum(-1).mul_(1.0 / math.sqrt(C))  # [E, H] scores
     # softmax over the edges into each node; the per-node max keeps exp() in range (0 for nodes without edges)
     a_max = a.new_zeros(n, H).scatter_reduce_(0, dst.unsqueeze(1).expand(-1, H), a, "amax", include_self=False)

@@ -79,7 +79,9 @@ class StateNormalizer(nn.Module):
         else:
             q1, c, q3 = (_quantile(x, q) for q in (0.25, 0.5, 0.75))
             s = (q3 - q1) / 1.349
-        self.center.copy_(c); self.scale.copy_(s.clamp_min(self.eps)); self.fitted.fill_(True)
+        self.center.copy_(c)
+        self.scale.copy_(s.clamp_min(self.eps))
+        self.fitted.fill_(True)
         return self
 
     def transform(self, states: Tensor) -> Tensor:
@@ -100,7 +102,8 @@ class ScoreCalibrator(nn.Module):
         super().__init__()
         if method not in ("platt", "quantile"): raise ValueError(f"method must be platt or quantile, got {method!r}")
         self.method, self.q, self.l2 = method, q, l2
-        self.register_buffer("a", torch.tensor(1.0)); self.register_buffer("b", torch.tensor(0.0))
+        self.register_buffer("a", torch.tensor(1.0))
+        self.register_buffer("b", torch.tensor(0.0))
 
     def fit(self, scores: Tensor, y: Tensor | None = None) -> ScoreCalibrator:
         "Fit on training scores `[N]` (and labels `[N]`, required by `platt`)."
@@ -109,7 +112,8 @@ class ScoreCalibrator(nn.Module):
             normal = s if y is None else s[y.reshape(-1) == 0]
             med, center = _quantile(normal, 0.5), _quantile(normal, self.q)
             scale = ((center - med) / math.log(self.q / (1 - self.q))).clamp_min(1e-12)
-            self.a.fill_(float(1 / scale)); self.b.fill_(float(-center / scale))
+            self.a.fill_(float(1 / scale))
+            self.b.fill_(float(-center / scale))
             return self
         if y is None: raise ValueError("method='platt' needs labels y")
         mu, sd = s.mean(), s.std().clamp_min(1e-12)
@@ -119,9 +123,11 @@ class ScoreCalibrator(nn.Module):
             p = torch.sigmoid(X @ w)
             grad = X.T @ (p - t) / len(s) + self.l2 * w
             hess = (X.T * (p * (1 - p))) @ X / len(s) + self.l2 * torch.eye(2, dtype=torch.float64, device=s.device)
-            step = torch.linalg.solve(hess, grad); w = w - step
+            step = torch.linalg.solve(hess, grad)
+            w = w - step
             if step.abs().max() < 1e-10: break
-        self.a.fill_(float(w[0] / sd)); self.b.fill_(float(w[1] - w[0] * mu / sd))
+        self.a.fill_(float(w[0] / sd))
+        self.b.fill_(float(w[1] - w[0] * mu / sd))
         return self
 
     def forward(self, scores: Tensor) -> Tensor: return torch.sigmoid(self.a * scores.float().reshape(-1) + self.b)
@@ -241,7 +247,8 @@ def train_fusion(model: DQNFusion, state: Tensor, p_gat: Tensor, p_vgae: Tensor,
     state = state.float().to(dev)
     rewards = fusion_rewards(p_gat.to(dev), p_vgae.to(dev), y.to(dev), model.alphas, cw, margin)
     if val is not None:
-        vs, vg, vv, vy = (t.to(dev) for t in val); vs = vs.float()
+        vs, vg, vv, vy = (t.to(dev) for t in val)
+        vs = vs.float()
         val_rewards = fusion_rewards(vg, vv, vy, model.alphas, cw, margin)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -259,13 +266,17 @@ def train_fusion(model: DQNFusion, state: Tensor, p_gat: Tensor, p_vgae: Tensor,
                 else:
                     a = model.act(state[idx], eps, gen)[:, None]
                     loss = F.mse_loss(qv.gather(1, a), rv.gather(1, a))
-                opt.zero_grad(); loss.backward(); opt.step()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
                 total += loss.item() * len(idx)
-            hist["loss"].append(total / len(state)); hist["epsilon"].append(eps if train_mode == "sampled" else 0.0)
+            hist["loss"].append(total / len(state))
+            hist["epsilon"].append(eps if train_mode == "sampled" else 0.0)
             hist["train_reward"].append(_greedy_reward(model, state, rewards))
             eps = max(epsilon_end, eps * epsilon_decay)
             if val is None: continue
-            vr = _greedy_reward(model, vs, val_rewards); hist["val_reward"].append(vr)
+            vr = _greedy_reward(model, vs, val_rewards)
+            hist["val_reward"].append(vr)
             if vr > best: best, best_state, since, hist["best_epoch"] = vr, copy.deepcopy(model.state_dict()), 0, epoch
             else:
                 since += 1
@@ -289,7 +300,10 @@ def _fit_bce(model: nn.Module, state, p_gat, p_vgae, y, epochs, lr, batch_size, 
             for idx in _batches(len(t), batch_size, gen):
                 p = model(state[idx], p_gat[idx], p_vgae[idx]).clamp(1e-6, 1 - 1e-6)
                 loss = F.binary_cross_entropy(p, t[idx], weight=w[idx])
-                opt.zero_grad(); loss.backward(); opt.step(); total += loss.item() * len(idx)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
             losses.append(total / len(t))
     model.eval()
     return losses

@@ -50,15 +50,17 @@ class RunFolder:
     @property
     def run_id(self) -> str: return self.path.name
 
-    def create(self, cfg: KDGATConfig, stages: list[StageRef], datasets: list[str]):
+    def create(self, cfg: KDGATConfig, stages: list[StageRef], datasets: list[str], command: str = ""):
         "Write `run.yaml` and `config.yaml` (again on resume: the stage hashes decide what is reused)."
         self.path.mkdir(parents=True, exist_ok=True)
         p = cfg.pipeline
         meta = {"run_id": self.run_id, "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "git_rev": git_revision(), "datasets": list(datasets), "seeds": list(p.seeds), "variants": list(p.variants),
-                "calibrations": list(p.calibrations), "baseline": p.baseline, "stages": [s.key for s in stages]}
+                "calibrations": list(p.calibrations), "baseline": p.baseline, "command": command, "stages": [s.key for s in stages]}
         old = self.meta()
-        if old: meta["created_at"] = old.get("created_at", meta["created_at"])
+        if old:  # a resumed run keeps when and how it began, and every commit that worked on it
+            meta.update(created_at=old.get("created_at", meta["created_at"]), command=old.get("command") or command)
+        meta["git_revs"] = list(dict.fromkeys([*old.get("git_revs", [old["git_rev"]] if old.get("git_rev") else []), meta["git_rev"]]))
         atomic_write(self.path / RUN_YAML, yaml.safe_dump(meta, sort_keys=False))
         atomic_write(self.path / CONFIG_YAML, dump_config(cfg))
 

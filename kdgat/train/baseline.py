@@ -59,7 +59,8 @@ class GBTBaseline:
             if not len(idx): continue
             stats = window_statistics(c.raw if c.raw is not None else c.graphs, self.id_aware)
             if captures.calibration == "prefix": stats = calibrate_statistics(stats, c.calibration)
-            xs.append(stats[idx]); ys.append(c.labels[idx])
+            xs.append(stats[idx])
+            ys.append(c.labels[idx])
         if not xs: return np.zeros((0, len(window_statistic_names(self.id_aware))), np.float32), np.zeros(0, np.int64)
         return np.concatenate(xs), np.concatenate(ys)
 

@@ -11,6 +11,8 @@ import psutil
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
+from ..files import atomic_write
+
 # %% auto #0
 __all__ = ['ProfilerCallback', 'MemoryMonitorCallback', 'is_oom', 'find_batch_size', 'device_name', 'BatchSizeCache',
            'tuned_batch_size']
@@ -187,9 +189,7 @@ class BatchSizeCache:
         entries[self.key(model_name, scale, device_name)] = {"model": model_name, "scale": str(scale), "device": device_name,
             "batch_size": int(batch_size), "found": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__, **meta}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps({"format": self.FORMAT, "entries": entries}, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps({"format": self.FORMAT, "entries": entries}, indent=1, sort_keys=True))
 
 def tuned_batch_size(model_name: str,  # e.g. "gat", "vgae"
                      scale: str,  # e.g. "large", "small"
