@@ -63,6 +63,7 @@ readme: setup
 readme-results: setup
 	@test -n "$(RUN)" || { echo "usage: make readme-results RUN=<run_id>"; exit 2; }
 	$(BIN)/kdgat evaluate $(RUN) --readme nbs/index.ipynb
+	$(BIN)/kdgat bench infer --run $(RUN) --readme nbs/index.ipynb
 	$(MAKE) --no-print-directory readme
 
 clean-venv:

@@ -89,7 +89,7 @@ def test_execute_stage_passes_what_the_notebook_declares(data_root, tmp_path, mo
     from kdgat.pipeline.stages import RUNNER_ENV
     calls = []
     monkeypatch.setattr(papermill, "execute_notebook", lambda inp, out, parameters=None, **kw: calls.append((Path(inp), parameters)))
-    monkeypatch.setenv("KDGAT_STAGES_DIR", str(STAGES))
+    monkeypatch.setenv("KD_GAT_STAGES_DIR", str(STAGES))
     for var in (RUNNER_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS"): monkeypatch.setenv(var, "")  # execute_stage sets them
     class NoLakehouse:
         def write_stage(self, *a, **kw): pass
