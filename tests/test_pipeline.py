@@ -76,6 +76,18 @@ def test_dag_runs_in_order_and_waits_for_the_teacher(root, kd_run):
     wb = read_offline_run(offline_runs(kd_gat)[0])  # W&B, offline: parameters, final metrics, training curve
     assert wb["config"]["variant"] == "small_kd" and wb["summary"]["parameters"] > 0 and wb["history"], wb
     assert (run / "synthetic" / "summary.parquet").is_file()
+    # every parameter papermill injected into an executed stage notebook is one its template declares
+    import ast, papermill
+    templates = Path(__file__).resolve().parents[1] / "nbs" / "stages"
+    executed = sorted(run.rglob("*/*.ipynb"))
+    assert len(executed) == 10, executed
+    for nb in executed:
+        declared = papermill.inspect_notebook(str(templates / nb.name))
+        cells = [c for c in json.loads(nb.read_text())["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+        assert len(cells) == 1, nb
+        src = "".join(cells[0]["source"]) if isinstance(cells[0]["source"], list) else cells[0]["source"]
+        injected = {t.id for node in ast.parse(src).body if isinstance(node, ast.Assign) for t in node.targets}
+        assert injected and injected <= set(declared), (nb, injected - set(declared))
 
     st = kdgat(root, "status", run.name)
     assert st.returncode == 0 and "10 success" in st.stdout, st.stdout
