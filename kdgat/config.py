@@ -42,7 +42,7 @@ class Paths(BaseModel):
                    runs_root=root / "runs",
                    lakehouse_root=root / "lakehouse")
 
-# %% ../nbs/core/00_config.ipynb #fc1b6c81
+# %% ../nbs/core/00_config.ipynb #556eacee
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -56,8 +56,8 @@ class PreprocessConfig(_Section):
     window_size: int = Field(100, ge=2)  # messages per window (graph)
     stride: int = Field(100, ge=1)  # messages between window starts; == window_size: no overlap
     strict: bool = True  # bad rows raise; False quarantines them and reports how many
-    executor: Literal["auto", "ray", "local"] = "auto"  # parallelism over files
-    ray_min_bytes: int = Field(64 * 2**20, ge=0)  # "auto" starts Ray only for at least this much raw data
+    # parallelism over files; auto: Ray only where this machine's measured figures say it is faster
+    executor: Literal["auto", "ray", "local"] = "auto"
     shard_graphs: int = Field(65_536, ge=1)  # at most this many graphs per cache shard file
     validate_schema: bool = True  # check the standard form with Pandera before building graphs
 

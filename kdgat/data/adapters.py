@@ -94,7 +94,7 @@ class CANBusAdapter(DomainAdapter):
     def format(self) -> str: return self.entry.format if self.entry else "csv"
     @property
     def columns(self) -> CSVColumns:
-        return CSVColumns(**self.entry.columns.model_dump()) if self.entry else CSVColumns()
+        return CSVColumns(**self.entry.columns.model_dump(include={"timestamp", "can_id", "payload", "label"})) if self.entry else CSVColumns()
 
     def _format_of(self, file: RawFile) -> str:
         if self.entry: return self.entry.format
