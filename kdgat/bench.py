@@ -18,7 +18,7 @@ from .data.schema import attack_type_from_name
 # %% auto #0
 __all__ = ['bench_preprocess', 'bench_preprocess_dataset', 'bench_infer', 'infer_markdown']
 
-# %% ../nbs/cli/80_bench.ipynb #c0d69ae9
+# %% ../nbs/cli/80_bench.ipynb #a0ae8d60
 def _one_core():
     "Pin this process to one CPU and every library to one thread."
     import pyarrow as pa, torch
@@ -34,13 +34,14 @@ def bench_preprocess(path: str | Path,  # a raw capture (CSV, candump .log or st
                      window_size: int = 100, stride: int = 100,
                      repeat: int = 5,  # timed repetitions, each into a fresh cache
                      validate: bool = True,  # include the Pandera check of the standard form
+                     strict: bool = True,  # False: quarantine bad rows instead of stopping
                     ) -> dict:
     "Raw file -> graphs in the cache on one core: messages, graphs, seconds, messages/s, peak RSS."
     _one_core()
     path = Path(path).resolve()
-    fmt = {".log": "candump", ".parquet": "parquet"}.get(path.suffix, "csv")
+    fmt = {".log": "candump", ".parquet": "standard"}.get(path.suffix, "csv")
     entry = DatasetEntry(name="bench", raw=str(path.parent), format=fmt, pattern=path.name, train=["."])
-    cfg = PreprocessConfig(window_size=window_size, stride=stride, executor="local", validate_schema=validate)
+    cfg = PreprocessConfig(window_size=window_size, stride=stride, executor="local", validate_schema=validate, strict=strict)
     times, res = [], None
     for _ in range(max(repeat, 1) + 1):
         with tempfile.TemporaryDirectory() as d:
@@ -58,20 +59,23 @@ def bench_preprocess(path: str | Path,  # a raw capture (CSV, candump .log or st
             "window_size": window_size, "stride": stride, "seconds": round(sec, 4), "seconds_min": round(min(rest), 4),
             "first_seconds": round(first, 4), "messages_per_second": round(res.messages / sec),
             "first_messages_per_second": round(res.messages / first), "repeat": len(rest), "threads": 1,
-            "validated": validate, "peak_rss_mb": round(_peak_rss_mb(), 1)}
+            "validated": validate, "quarantined": res.quarantined, "quarantined_attack": res.quarantined_attack,
+            "reordered": res.reordered, "reordered_attack": res.reordered_attack, "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
-def bench_preprocess_dataset(name: str, executor: str = "local", window_size: int = 100, stride: int = 100) -> dict:
+def bench_preprocess_dataset(name: str, executor: str = "local", window_size: int = 100, stride: int = 100,
+                             strict: bool = True) -> dict:
     "A whole catalog dataset into a fresh cache: time and peak memory (one core unless `executor='ray'`)."
     if executor == "local": _one_core()
     with tempfile.TemporaryDirectory() as d:
         base = Paths.from_env()
         paths = base.model_copy(update={"cache_root": Path(d) / "cache"})
         t0 = time.perf_counter()
-        rep = preprocess_dataset(name, PreprocessConfig(window_size=window_size, stride=stride, executor=executor), paths=paths)
+        rep = preprocess_dataset(name, PreprocessConfig(window_size=window_size, stride=stride, executor=executor, strict=strict), paths=paths)
         sec = time.perf_counter() - t0
     t = rep.table()
     return {"dataset": name, "files": int(t.files.sum()), "messages": int(t.messages.sum()), "graphs": int(t.graphs.sum()),
             "seconds": round(sec, 3), "messages_per_second": round(t.messages.sum() / sec), "executor": rep.executor,
+            **{k: int(t[k].sum()) for k in ("quarantined", "quarantined_attack", "reordered", "reordered_attack")},
             "peak_rss_mb": round(_peak_rss_mb(), 1), "peak_rss_children_mb": round(_peak_rss_mb(resource.RUSAGE_CHILDREN), 1)}
 
 # %% ../nbs/cli/80_bench.ipynb #00e6175a

@@ -35,7 +35,7 @@ def _run_path(run: str | None) -> Path:
     if not runs: raise ConfigError(f"no runs under {root} yet: start one with `kdgat run`")
     return runs[-1]
 
-# %% ../nbs/cli/90_cli.ipynb #b409ea68
+# %% ../nbs/cli/90_cli.ipynb #166eaf2b
 def _pipeline_config(args):
     cfg = _config(args)
     upd = {k: v for k, v in (("seeds", args.seeds), ("variants", args.variants), ("calibrations", args.calibration),
@@ -61,6 +61,14 @@ def _with_progress(total: int, work):
             bar.update(task, completed=done)
         return work(on_result)
 
+def _print_set_aside(run_dir: Path, datasets: list[str]):
+    "Quarantined and out-of-order frames of each dataset of a run, by label (nothing when there were none)."
+    from kdgat.data.preprocess import PreprocessReport
+    for d in datasets:
+        p = run_dir / d / "preprocess" / "artifacts" / "report.json"
+        lines = PreprocessReport.from_json(p.read_text()).set_aside() if p.is_file() else []
+        for line in lines: print(f"{d}: {line}")
+
 def cmd_run(args) -> int:
     "The whole pipeline, as a DAG of stage notebooks on Ray, ending with the run's report."
     from kdgat.pipeline.dag import describe_dag, run_pipeline
@@ -82,6 +90,7 @@ def cmd_run(args) -> int:
                                                                   command=command))
     counts = ", ".join(f"{n} {k}" for k, n in sorted(res.counts().items()))
     print(f"\n{'done' if res.ok else 'finished with failures'} in {res.seconds:.0f} s ({counts})\nrun folder: {res.run_dir}")
+    _print_set_aside(res.run_dir, datasets)
     _print_summaries(res.run_dir, ["f1"], ["f1"])
     print(f"\nnext:\n  kdgat status {res.run_dir.name}\n  kdgat evaluate {res.run_dir.name}\n"
           f"  kdgat bench infer --run {res.run_dir.name}")
@@ -228,10 +237,12 @@ def cmd_sync(args) -> int:
     else: print(f"S3 mirror: {lake.sync()} file(s) uploaded to {lake.mirror}")
     return 0
 
-# %% ../nbs/cli/90_cli.ipynb #517f68a2
+# %% ../nbs/cli/90_cli.ipynb #c74e7538
 def _print_file(r):
     state = "duplicate" if r.duplicate_of else ("cached" if r.reused else f"built in {r.seconds:.2f} s")
-    print(f"  {r.split:<40} {Path(r.path).name:<32} {r.graphs:>7,} graphs  {state}", flush=True)
+    aside = "".join(f", {n:,} {what} ({a:,} attack)" for n, a, what in
+                    [(r.quarantined, r.quarantined_attack, "quarantined"), (r.reordered, r.reordered_attack, "out of order")] if n)
+    print(f"  {r.split:<40} {Path(r.path).name:<32} {r.graphs:>7,} graphs  {state}{aside}", flush=True)
 
 def cmd_preprocess(args) -> int:
     "Raw captures of a catalog dataset to cached graphs, with per-split counts."
@@ -269,7 +280,7 @@ def cmd_config(args) -> int:
     print(dump_config(_config(args)), end="")
     return 0
 
-# %% ../nbs/cli/90_cli.ipynb #eb2c0f96
+# %% ../nbs/cli/90_cli.ipynb #926bc20a
 def cmd_bench(args) -> int:
     "Benchmark figures: preprocessing, inference of a run's models, or a run's orchestration overhead."
     from kdgat.bench import bench_infer, bench_preprocess, bench_preprocess_dataset
@@ -285,14 +296,16 @@ def cmd_bench(args) -> int:
             return 0
     elif bool(args.input) == bool(args.dataset): raise ConfigError("give exactly one of --input FILE or --dataset NAME")
     elif args.input:
-        r = bench_preprocess(args.input, args.window_size or 100, args.stride or 100, repeat=args.repeat, validate=not args.no_validate)
-    else: r = bench_preprocess_dataset(args.dataset, args.executor or "local", args.window_size or 100, args.stride or 100)
+        r = bench_preprocess(args.input, args.window_size or 100, args.stride or 100, repeat=args.repeat,
+                             validate=not args.no_validate, strict=not args.lenient)
+    else: r = bench_preprocess_dataset(args.dataset, args.executor or "local", args.window_size or 100, args.stride or 100,
+                                       strict=not args.lenient)
     if args.json: print(json.dumps(r))
     else:
         for k, v in r.items(): print(f"{k:>28}: {v:,}" if isinstance(v, (int, float)) else f"{k:>28}: {v}")
     return 0
 
-# %% ../nbs/cli/90_cli.ipynb #6029a798
+# %% ../nbs/cli/90_cli.ipynb #02b523f8
 def _common(sp, prep: bool = True):
     "--config and --set; with `prep`, the preprocessing options too."
     sp.add_argument("--config", type=Path, help="YAML run configuration")
@@ -314,6 +327,7 @@ def _pipeline_options(sp):
     sp.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the DAG, run nothing")
     sp.add_argument("--resume", metavar="RUN", help="finish an earlier run (id or folder): complete stages are reused")
     sp.add_argument("--tag", help="last part of the run id (default: the dataset names)")
+    sp.add_argument("--lenient", action="store_true", help="quarantine bad rows instead of stopping (reported by label)")
     sp.add_argument("--local", action="store_true", help="a private local Ray instance (the default unless pipeline.ray_address is set)")
     sp.add_argument("--address", help="join this Ray cluster instead (e.g. started in a SLURM allocation)")
 
@@ -367,7 +381,7 @@ def _lakehouse_parsers(sub):
     sp.add_argument("--dry-run", dest="dry_run", action="store_true", help="say what would be uploaded")
     sp.set_defaults(fn=cmd_sync)
 
-# %% ../nbs/cli/90_cli.ipynb #f72c3409
+# %% ../nbs/cli/90_cli.ipynb #faca1c6a
 def _data_parsers(sub):
     sp = sub.add_parser("preprocess", help="raw captures of a dataset -> cached graphs")
     _common(sp)
@@ -399,6 +413,7 @@ def _data_parsers(sub):
     sp.add_argument("--executor", choices=["ray", "local"])
     sp.add_argument("--repeat", type=int, default=5)
     sp.add_argument("--no-validate", action="store_true", help="leave out the Pandera check")
+    sp.add_argument("--lenient", action="store_true", help="quarantine bad rows instead of stopping (counted by label)")
     sp.add_argument("--json", action="store_true", help="one JSON object on stdout")
     sp.add_argument("--readme", metavar="NOTEBOOK", help="bench infer: write the table into NOTEBOOK's `<!-- bench:infer:<dataset> -->` cell")
     sp.set_defaults(fn=cmd_bench)
