@@ -119,7 +119,7 @@ class Validation(_Strict):
         if self.by == "time" and self.captures: raise ValueError("captures are only for validation by captures")
         return self
 
-# %% ../nbs/core/01_catalog.ipynb #fd889183
+# %% ../nbs/core/01_catalog.ipynb #4076879a
 Format = Literal["csv", "parquet", "candump", "candump_display", "standard"]
 _DEFAULT_PATTERN = {"csv": "*.csv", "parquet": "*.parquet", "candump": "*.log", "candump_display": "*.log", "standard": "*.parquet"}
 
@@ -146,6 +146,22 @@ class DatasetEntry(_Strict):
     synthetic: dict | None = None  # generator settings: the folder is generated when missing
     description: str = ""
     citation: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        "Settings that contradict each other are refused here, before any file is read."
+        c, bad = self.columns, []
+        tabular = self.format in ("csv", "parquet")
+        if tabular and c.timestamp is None and self.timestamps.rate_hz is None:
+            bad.append("columns.timestamp is null: give timestamps.rate_hz (frames per second) to place frames in time")
+        if c.index is not None and c.timestamp is not None:
+            bad.append("columns.index orders frames only when there is no time column: set columns.timestamp: null")
+        if self.encoding.payload == "decimal" and c.byte_columns is None:
+            bad.append("encoding.payload: decimal needs one column per byte (columns.payload: [...]); one payload column is hex")
+        if self.format.startswith("candump") and (self.encoding.can_id == "decimal" or self.encoding.payload == "decimal"):
+            bad.append("candump logs write IDs and payloads in hex: remove the decimal encoding")
+        if bad: raise ValueError("; ".join(bad))
+        return self
 
     @property
     def file_pattern(self) -> str: return self.pattern or _DEFAULT_PATTERN[self.format]

@@ -48,7 +48,9 @@ def _dataset(data_root: Path, content: str) -> tuple[Path, Path]:
     bad = raw / "test_01" / "dos.csv"
     bad.write_text(content)
     cat = data_root / "catalog.yaml"
-    cat.write_text("bad:\n  raw: bad\n  train: [train]\n  test: [test_01]\n")
+    # the IDs here are digits only, so the encoding must be declared; time order is refused to test that error
+    cat.write_text("bad:\n  raw: bad\n  encoding: {can_id: hex}\n  timestamps: {out_of_order: reject}\n"
+                   "  train: [train]\n  test: [test_01]\n")
     return cat, bad
 
 
@@ -82,8 +84,33 @@ def test_lenient_mode_quarantines_and_reports(data_root):
 def test_directory_without_matching_files(data_root):
     cat, bad = _dataset(data_root, HEADER + GOOD)
     bad.rename(bad.with_suffix(".txt"))
-    with pytest.raises(InputError, match=r"test_01: expected files matching '\*\.csv', found none"):
+    with pytest.raises(CatalogError, match=r"split 'test_01': folder 'test_01' holds no files matching '\*\.csv'"):
         preprocess_dataset("bad", PreprocessConfig(executor="local"))
+
+
+def test_digit_only_ids_need_a_declared_encoding(data_root):
+    cat, bad = _dataset(data_root, HEADER + GOOD)
+    cat.write_text("bad:\n  raw: bad\n  train: [train]\n  test: [test_01]\n")
+    with pytest.raises(InputError, match=r"attack-free.csv: expected an encoding for the IDs of column 'arbitration_id', found only digits .*declare encoding: \{can_id: hex\} or \{can_id: decimal\}"):
+        preprocess_dataset("bad", PreprocessConfig(executor="local"))
+
+
+def test_lenient_with_every_row_bad_is_an_error_not_zero_graphs(data_root):
+    cat, bad = _dataset(data_root, HEADER + "".join(f"1513920{i}.0,1G0,00,0\n" for i in range(300)))
+    with pytest.raises(InputError, match=r"expected at least one window of 100 messages in split 'test_01' of 'bad', found none \(dos.csv: 0 messages, 300 quarantined\)"):
+        preprocess_dataset("bad", PreprocessConfig(executor="local", strict=False))
+
+
+def test_out_of_order_frames_are_sorted_by_default_and_counted_by_label(data_root):
+    rows = [f"15139200{i // 10}.{i % 10}00000,110,00,{int(i % 7 == 3)}\n" for i in range(400)]
+    rows[200], rows[201] = rows[201], rows[200]  # one frame a tenth of a second late: an attack frame goes back in time
+    cat, bad = _dataset(data_root, HEADER + "".join(rows))
+    cat.write_text("bad:\n  raw: bad\n  encoding: {can_id: hex}\n  train: [train]\n  test: [test_01]\n")
+    rep = preprocess_dataset("bad", PreprocessConfig(executor="local"))
+    f = next(r for r in rep.files if r.split == "test_01")
+    assert (f.messages, f.quarantined, f.reordered) == (400, 0, 1)
+    assert f.reordered_attack == int(rows[200].strip().endswith(",1"))
+    assert rep.table().loc["test_01", "reordered"] == 1 and "out of time order: 1 frames" in rep.summary()
 
 
 def test_catalog_entry_pointing_nowhere(data_root):

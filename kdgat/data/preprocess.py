@@ -23,7 +23,7 @@ from ..parallel import available_cpus, map_tasks
 
 # %% auto #0
 __all__ = ['FileResult', 'FileJob', 'time_slice', 'preprocess_file', 'PreprocessReport', 'ensure_raw', 'choose_executor',
-           'preprocess_dataset']
+           'content_digest', 'preprocess_dataset']
 
 # %% ../../nbs/data/17_preprocess.ipynb #4584b93b
 @dataclass
@@ -223,6 +223,24 @@ def _record_profile(cache_root: Path, executor: str, results: list[FileResult], 
         prof["ray_start_s"] = max(1.0, wall_s - work / max(1, min(cpus, len(built))))
     atomic_write(Path(cache_root) / "executor-profile.json", json.dumps(prof, indent=1))
 
+# %% ../../nbs/data/17_preprocess.ipynb #30793f3a
+def content_digest(path: Path, entry: DatasetEntry) -> str:
+    "sha256 of what the entry reads from a file: the mapped columns of a parquet file, every byte otherwise."
+    if entry.format != "parquet": return file_digest(path)
+    import hashlib
+    import pyarrow.parquet as pq
+    c = entry.columns
+    names = [n for n in (c.timestamp, c.can_id, *([c.payload] if isinstance(c.payload, str) else c.payload), c.label, c.index, c.dlc) if n]
+    try: tbl = pq.read_table(path, columns=[n for n in names if n in pq.read_schema(path).names])
+    except Exception: return file_digest(path)  # the reader will say what is wrong with it
+    h = hashlib.sha256()
+    for name in tbl.column_names:
+        col = tbl[name].combine_chunks()
+        h.update(f"{name}:{col.type}:{len(col)}".encode())
+        for buf in col.buffers():
+            if buf is not None: h.update(buf)
+    return h.hexdigest()
+
 # %% ../../nbs/data/17_preprocess.ipynb #646c1036
 def _overlap(a: tuple | None, b: tuple | None) -> bool:
     "Whether two parts of a capture can share frames (whole captures overlap everything)."
@@ -256,7 +274,7 @@ def _check_graphs(report: PreprocessReport):
                              f"at least one window of {report.window_size} messages in split {split!r} of {report.dataset!r}",
                              "none (" + "; ".join(files) + ")")
 
-# %% ../../nbs/data/17_preprocess.ipynb #fa199977
+# %% ../../nbs/data/17_preprocess.ipynb #d574ad6c
 def preprocess_dataset(dataset: str | DatasetEntry,  # catalog name or entry
                        config: KDGATConfig | PreprocessConfig | None = None,
                        paths: Paths | None = None,
@@ -271,7 +289,7 @@ def preprocess_dataset(dataset: str | DatasetEntry,  # catalog name or entry
     ensure_raw(entry, paths)
     adapter = get_adapter(entry, strict=cfg.strict, validate=cfg.validate_schema)
     files = adapter.discover_files(entry, paths)
-    digests = {f.path: file_digest(f.path) for f in files}
+    digests = {f.path: content_digest(f.path, entry) for f in files}
     duplicate_of, warnings = _duplicates_and_leaks(files, digests)
     train = [f for f in files if f.split == "train" and f not in duplicate_of]
 

@@ -10,8 +10,8 @@ import pandera.pandas as pa
 from pandera.errors import SchemaError, SchemaErrors
 
 # %% auto #0
-__all__ = ['ATTACK_TYPES', 'ATTACK_NAMES', 'PAYLOAD_COLUMNS', 'STANDARD_COLUMNS', 'CAN_STANDARD_SCHEMA', 'InputError',
-           'attack_type_from_name', 'validate_standard', 'make_standard_frame']
+__all__ = ['ATTACK_TYPES', 'ATTACK_NAMES', 'PAYLOAD_COLUMNS', 'STANDARD_COLUMNS', 'CAN_STANDARD_SCHEMA', 'FILE_ORDER_SCHEMA',
+           'InputError', 'attack_type_from_name', 'validate_standard', 'make_standard_frame']
 
 # %% ../../nbs/data/10_schema.ipynb #e1770ea6
 class InputError(ValueError):
@@ -79,6 +79,9 @@ CAN_STANDARD_SCHEMA = pa.DataFrameSchema(
      "line": pa.Column("int64", pa.Check.ge(1))},
     checks=[pa.Check(_chained, error="target_id equal to the next row's source_id (-1 on the last row)")],
     strict=True, ordered=False, coerce=False, name="can_standard_form")
+
+# %% ../../nbs/data/10_schema.ipynb #a8f79a32
+FILE_ORDER_SCHEMA = CAN_STANDARD_SCHEMA.update_column("timestamp", checks=[CAN_STANDARD_SCHEMA.columns["timestamp"].checks[0]])
 
 # %% ../../nbs/data/10_schema.ipynb #6dd65675
 def validate_standard(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema = CAN_STANDARD_SCHEMA) -> pd.DataFrame:
