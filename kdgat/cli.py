@@ -12,7 +12,8 @@ from .data.schema import InputError
 
 # %% auto #0
 __all__ = ['cmd_run', 'cmd_demo', 'cmd_evaluate', 'cmd_status', 'cmd_stage', 'cmd_query', 'cmd_clean', 'cmd_sync',
-           'cmd_preprocess', 'cmd_synth', 'cmd_datasets', 'cmd_config', 'cmd_bench', 'build_parser', 'main']
+           'cmd_preprocess', 'cmd_inspect', 'cmd_synth', 'cmd_datasets', 'cmd_config', 'cmd_bench', 'build_parser',
+           'main']
 
 # %% ../nbs/cli/90_cli.ipynb #f8ded1d1
 def _config(args):
@@ -257,6 +258,18 @@ def cmd_preprocess(args) -> int:
         print(f"cache: {rep.cache_root}\nvocabulary: {rep.vocabulary}")
     return 0
 
+# %% ../nbs/cli/90_cli.ipynb #a35f34bc
+def cmd_inspect(args) -> int:
+    "What new captures look like, and a catalog entry to start from (YAML on stdout, the findings as its comments)."
+    from kdgat.data.inspect import inspect_captures
+    found = inspect_captures(args.files, sample_rows=None if args.all_rows else args.sample_rows)
+    if args.json:
+        print(json.dumps(found.to_dict(), indent=1, default=str))
+        return 0
+    print("\n".join(f"# {line}".rstrip() for line in found.summary().splitlines()))
+    print(found.entry_yaml(args.name), end="")
+    return 0
+
 # %% ../nbs/cli/90_cli.ipynb #ad42d986
 def cmd_synth(args) -> int:
     "Write a synthetic CAN dataset (hcrl_sa layout) into a folder."
@@ -381,7 +394,7 @@ def _lakehouse_parsers(sub):
     sp.add_argument("--dry-run", dest="dry_run", action="store_true", help="say what would be uploaded")
     sp.set_defaults(fn=cmd_sync)
 
-# %% ../nbs/cli/90_cli.ipynb #faca1c6a
+# %% ../nbs/cli/90_cli.ipynb #57f8ec75
 def _data_parsers(sub):
     sp = sub.add_parser("preprocess", help="raw captures of a dataset -> cached graphs")
     _common(sp)
@@ -389,6 +402,13 @@ def _data_parsers(sub):
     sp.add_argument("--catalog", type=Path, help="extra catalog YAML")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_preprocess)
+    sp = sub.add_parser("inspect", help="sniff new captures and print a catalog entry to start from")
+    sp.add_argument("files", nargs="+", type=Path, help="capture files or folders")
+    sp.add_argument("--name", default="my_dataset", help="name of the printed catalog entry")
+    sp.add_argument("--sample-rows", dest="sample_rows", type=int, default=5_000_000, help="frames read per file")
+    sp.add_argument("--all-rows", dest="all_rows", action="store_true", help="read every frame of every file")
+    sp.add_argument("--json", action="store_true", help="the findings as JSON instead")
+    sp.set_defaults(fn=cmd_inspect)
     sp = sub.add_parser("synth", help="write a synthetic CAN dataset")
     sp.add_argument("--out", type=Path, required=True)
     sp.add_argument("--seed", type=int, default=0)
