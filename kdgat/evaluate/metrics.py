@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['confusion', 'roc_auc', 'pr_auc', 'detection_rate_at_fpr', 'binary_metrics', 'choose_threshold', 'validation_margin',
-           'f1_over_margin', 'traffic_hours', 'false_alarms_per_hour', 'degenerate_reason', 'summarize_runs']
+__all__ = ['MIN_ATTACK_WINDOWS', 'confusion', 'roc_auc', 'pr_auc', 'detection_rate_at_fpr', 'binary_metrics', 'choose_threshold',
+           'validation_margin', 'f1_over_margin', 'traffic_hours', 'false_alarms_per_hour', 'degenerate_reason',
+           'summarize_runs']
 
 # %% ../../nbs/evaluate/40_metrics.ipynb #5b13f961
 def _labels(y, name: str = "y_true") -> np.ndarray:
@@ -206,25 +207,31 @@ def false_alarms_per_hour(y_true, # 1 = attack window, 0 = normal
     fp = int(np.count_nonzero(~y & (s >= threshold)))
     return fp / hours if hours > 0 else math.nan
 
-# %% ../../nbs/evaluate/40_metrics.ipynb #7cbec08c
+# %% ../../nbs/evaluate/40_metrics.ipynb #5f5d9a58
+MIN_ATTACK_WINDOWS = 5  # fewer attack windows in a scenario: one window moves recall by more than a fifth
+
 def degenerate_reason(y_true, # test labels, 1 = attack window
                       score,  # test scores, higher = more likely attack
                       threshold: float, # predict attack when score >= threshold
                       y_val=None,     # validation labels the threshold was chosen on, if known
                       score_val=None, # validation scores, checked against y_val
+                      min_attack_windows: int = MIN_ATTACK_WINDOWS, # fewer attack windows: not a result
                      ) -> str | None:
     "Why this row's numbers are not a result, or None."
     y, s = _inputs(y_true, score)
+    if score_val is not None and y_val is None: raise ValueError("score_val needs y_val")
+    yv = None if y_val is None else _labels(y_val, "y_val") if score_val is None else _inputs(y_val, score_val)[0]
     P = int(y.sum())
     if P == 0: return "no attack windows"
     if P == len(y): return "no normal windows"
-    if score_val is not None and y_val is None: raise ValueError("score_val needs y_val")
-    if y_val is not None:
-        yv = _labels(y_val, "y_val") if score_val is None else _inputs(y_val, score_val)[0]
+    if P < min_attack_windows: return f"too few attack windows ({P} < {min_attack_windows})"
+    if yv is not None:
         Pv = int(yv.sum())
         if Pv == 0: return "validation has no attack windows"
         if Pv == len(yv): return "validation has one class"
-    if (s >= threshold).all(): return "threshold flags every window"
+    flagged = s >= threshold
+    if flagged.all(): return "threshold flags every window"
+    if flagged[~y].all(): return "threshold flags every normal window"  # FPR 1: F1 at most the prevalence F1
     return None
 
 # %% ../../nbs/evaluate/40_metrics.ipynb #1a0e9795
