@@ -50,11 +50,16 @@ class StageResult:
     @property
     def ok(self) -> bool: return self.status in ("success", "reused")
 
-# %% ../../nbs/pipeline/62_dag.ipynb #4c30e1da
+# %% ../../nbs/pipeline/62_dag.ipynb #ddd092fe
 def _failure_reason(e: BaseException) -> str:
     ename = getattr(e, "ename", None)  # papermill's PapermillExecutionError: the notebook's own exception
     if ename: return f"{ename}: {getattr(e, 'evalue', '')} (cell {getattr(e, 'exec_count', '?')} of the stage notebook)"
     return f"{type(e).__name__}: {e}"
+
+# errors of the input, not of the machine: the same input fails the same way, so they are never retried
+_DETERMINISTIC = {"SplitError", "InputError", "CatalogError", "ConfigError"}
+
+def _retryable(e: BaseException) -> bool: return (getattr(e, "ename", None) or type(e).__name__) not in _DETERMINISTIC
 
 def _work_seconds(sdir: Path) -> float:
     try: return float(json.loads((sdir / METRICS).read_text()).get("seconds", 0.0))
@@ -80,7 +85,7 @@ def _track(ref: StageRef, cfg: KDGATConfig, sdir: Path, run_id: str, h: str, sta
               history=history or None, mode=cfg.lakehouse.wandb_mode, project=cfg.lakehouse.wandb_project,
               group=run_id, tags=(ref.kind, status))
 
-# %% ../../nbs/pipeline/62_dag.ipynb #19ed0b9a
+# %% ../../nbs/pipeline/62_dag.ipynb #b4ec6c40
 def execute_stage(ref: StageRef, run_dir: Path, cfg: KDGATConfig, config_path: Path, upstream: Sequence[StageResult],
                   lakehouse: Lakehouse | None = None, kernel_name: str | None = None) -> StageResult:
     "Run one stage notebook with papermill into its folder, unless upstream failed or it is already complete."
@@ -111,6 +116,7 @@ def execute_stage(ref: StageRef, run_dir: Path, cfg: KDGATConfig, config_path: P
             reason = _failure_reason(e)
             fail_stage(ref, run_dir, h, started, reason, lakehouse=lakehouse, attempt=attempt)
             _track(ref, cfg, sdir, run_dir.name, h, "failed")
+            if not _retryable(e): break
             continue
         _track(ref, cfg, sdir, run_dir.name, h, "success")
         complete_stage(ref, run_dir, h, started, lakehouse, attempt)
