@@ -102,7 +102,7 @@ def cmd_demo(args) -> int:
     args.dataset, args.tag = ["synthetic"], args.tag or "demo"
     return cmd_run(args)
 
-# %% ../nbs/cli/90_cli.ipynb #67e46fa6
+# %% ../nbs/cli/90_cli.ipynb #0e8026e8
 def _print_summaries(run_dir: Path, metrics, methods):
     import pandas as pd
     from kdgat.evaluate.results import summary_table
@@ -110,8 +110,10 @@ def _print_summaries(run_dir: Path, metrics, methods):
         s = pd.read_parquet(sp)
         for method in methods:
             for metric in metrics:
+                table = summary_table(s, metric, method, margin=metric == "f1")
                 print(f"\n{sp.parent.name}: {metric}, threshold {method}, mean ± std over seeds (a degenerate cell says why)\n"
-                      f"{summary_table(s, metric, method, margin=metric == 'f1').to_string()}")
+                      f"{table.to_string()}")
+                for note in table.attrs.get("notes", []): print(note)
 
 def _replace_generated_cell(notebook: Path, marker: str, markdown: str):
     "Put `markdown` into the notebook's markdown cell that starts with `marker` (e.g. `<!-- results:hcrl_sa -->`)."
