@@ -54,7 +54,7 @@ def calibrate_graphs(gs: GraphSet, calibration: np.ndarray) -> GraphSet:
     tensors = {**gs.tensors, "x": x, "edge_attr": ((ea - emed) / escale).clamp(-50, 50)}
     return GraphSet(tensors, gs.node_ptr, gs.edge_ptr)
 
-# %% ../../nbs/data/18_captures.ipynb #d1804b7f
+# %% ../../nbs/data/18_captures.ipynb #d6585cba
 def validation_roles(n: int,  # windows of one training capture
                      calibration: np.ndarray,  # bool per window: the capture's calibration prefix
                      validation: Validation,  # the entry's strategy
@@ -66,12 +66,13 @@ def validation_roles(n: int,  # windows of one training capture
     cut = int(round(n * (1 - fraction)))  # the last n - cut windows validate at the end (the split before entries had a strategy)
     if validation.by == "captures":
         if held_out: role[:] = "val"
+    elif validation.range is not None: role[int(round(n * validation.range[0])):int(round(n * validation.range[1]))] = "val"
     elif validation.at == "end": role[cut:] = "val"
     else: role[np.flatnonzero(~calibration)[:n - cut]] = "val"
     role[calibration] = "calibration"
     return role
 
-# %% ../../nbs/data/18_captures.ipynb #1e01eafc
+# %% ../../nbs/data/18_captures.ipynb #ab834bf9
 def capture_matches(path: str, globs: Sequence[str]) -> list[str]:
     "The globs that match a capture path (relative to the raw folder) or its file name."
     name = path.rsplit("/", 1)[-1]
@@ -80,6 +81,7 @@ def capture_matches(path: str, globs: Sequence[str]) -> list[str]:
 def validation_yaml(v: Validation) -> str:
     "A validation strategy as the catalog's YAML reads it."
     if v.by == "captures": return "{by: captures, captures: [" + ", ".join(repr(g) for g in v.captures) + "]}"
+    if v.range is not None: return f"{{by: time, range: [{v.range[0]:g}, {v.range[1]:g}]}}"
     return "{by: time, at: " + v.at + ("" if v.fraction is None else f", fraction: {v.fraction:g}") + "}"
 
 def _relative_paths(paths: Sequence[str], root: str | Path | None) -> list[str]:
