@@ -251,7 +251,7 @@ def test_real_set_03_parquet(real_data, data_root, monkeypatch):
     monkeypatch.setenv("KD_GAT_RAW_ROOT", str(real_data))
     paths = Paths.from_env(data_root)
     entry = get_entry("set_03", paths=paths)
-    assert entry.root(paths) == folder
+    assert entry.root(paths).resolve() == folder.resolve()
     ad = get_adapter(entry)
     # a capture with a stray tab after one payload, and one with frames out of time order
     for name in ["train_02_with_attacks__fuzzing-3.parquet", "test_03_known_vehicle_unknown_attack__speed-accessory-1.parquet"]:

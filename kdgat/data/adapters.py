@@ -39,10 +39,10 @@ class RawFile:
         kind, a, b = self.time_range
         return f"{self.path.name}[{a:g}-{b:g}{' s' if kind == 'seconds' else ''}]"
 
-# %% ../../nbs/data/15_adapters.ipynb #a1ad32b0
+# %% ../../nbs/data/15_adapters.ipynb #3bd1580c
 def _source_files(root: Path, source: str, pattern: str) -> tuple[list[Path], str | None]:
     "Files of one source (a file; a folder: its files matching `pattern`; else a glob), or a sentence saying why none."
-    d = (root / source).resolve()
+    d = root / source  # not resolved: every path stays under the raw folder as the entry names it (symlinks too)
     if d.is_file(): return [d], None
     if d.is_dir():
         files = sorted(p for p in d.glob(pattern) if p.is_file())
