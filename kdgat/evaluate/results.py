@@ -62,7 +62,7 @@ def score_frame(m: TrainedModel) -> pd.DataFrame:
              for split, o in m.outputs.items() if split != "train"]
     return pd.concat(parts, ignore_index=True)[SCORE_COLUMNS]
 
-# %% ../../nbs/evaluate/42_results.ipynb #f8862b5c
+# %% ../../nbs/evaluate/42_results.ipynb #4c7c9d04
 RESULT_KEYS = ["dataset", "calibration", "threshold_method", "variant", "model", "scenario"]
 SUMMARY_METRICS = ["f1", "f1_margin_min", "f1_margin_max", "roc_auc", "pr_auc", "precision", "recall", "fpr",
                    "false_alarms_per_hour", "mcc", "balanced_accuracy"]
@@ -79,6 +79,8 @@ def run_results(lake: Lakehouse, run_id: str, dataset: str | None = None) -> pd.
 def summarize_results(results: pd.DataFrame) -> pd.DataFrame:
     "Mean, std, min, max and count over seeds of every metric per `RESULT_KEYS` group; degenerate groups say why."
     metrics = [c for c in SUMMARY_METRICS if c in results]
+    # a run with no degenerate row has no `degenerate` column in the lakehouse (columns no row has are dropped)
+    if "degenerate" not in results: results = results.assign(degenerate=None)
     summary = summarize_runs(results, RESULT_KEYS, metrics)
     kept = [c for c in ("parameters", "unseen_id_windows", "n", "positives", "calibration_windows", "calibration_attack_windows")
             if c in results]
