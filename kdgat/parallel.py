@@ -38,7 +38,7 @@ def ray_session(num_cpus: int | None = None,  # CPUs for a new local instance (d
     try: yield ray
     finally: ray.shutdown()
 
-# %% ../nbs/core/02_parallel.ipynb #ee23cd6c
+# %% ../nbs/core/02_parallel.ipynb #205fa26e
 def map_tasks(fn: Callable, items: Sequence, executor: Literal["local", "ray"] = "local",
               on_result: Callable[[Any], None] | None = None, num_cpus: int | None = None) -> list:
     "`[fn(x) for x in items]`, in-process or as Ray tasks; `on_result` sees each result as it completes."
@@ -64,5 +64,8 @@ def map_tasks(fn: Callable, items: Sequence, executor: Literal["local", "ray"] =
                 results[index[done[0]]] = r
                 if on_result: on_result(r)
         finally:
-            for r in pending: ray.cancel(r, force=True)
+            # interrupt, never kill, the tasks still running: an interrupted task removes what it was writing (a killed
+            # one would leave a half-written temporary folder behind), and we wait until they have
+            for r in pending: ray.cancel(r, force=False)
+            if pending: ray.wait(pending, num_returns=len(pending), timeout=120)
         return results
