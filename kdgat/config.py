@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = ['ENV_DATA_ROOT', 'ENV_CACHE_ROOT', 'ENV_RAW_ROOT', 'Model', 'GNNModel', 'Variant', 'StageVariant', 'Calibration',
            'Scale', 'ConvType', 'MODELS', 'GNN_MODELS', 'VARIANTS', 'STAGE_VARIANTS', 'CALIBRATIONS', 'Paths',
            'DatasetConfig', 'PreprocessConfig', 'variant_scale', 'GATConfig', 'VGAEConfig', 'FusionConfig',
-           'ScaledModels', 'TrainingConfig', 'KDConfig', 'PipelineConfig', 'LakehouseConfig', 'KDGATConfig',
-           'ConfigError', 'load_config', 'canonical_json', 'config_hash', 'dump_config', 'package_digest']
+           'ScaledModels', 'TrainingConfig', 'KDConfig', 'PipelineConfig', 'ExplainConfig', 'LakehouseConfig',
+           'KDGATConfig', 'ConfigError', 'load_config', 'canonical_json', 'config_hash', 'dump_config',
+           'package_digest']
 
 # %% ../nbs/core/00_config.ipynb #560a565c
 ENV_DATA_ROOT, ENV_CACHE_ROOT, ENV_RAW_ROOT = "KD_GAT_DATA_ROOT", "KD_GAT_CACHE_ROOT", "KD_GAT_RAW_ROOT"
@@ -155,6 +156,12 @@ class PipelineConfig(_Section):
     stage_timeout: int = Field(3600, ge=1)  # seconds a notebook cell may run
     ray_address: str | None = None  # attach to this Ray cluster (e.g. inside a SLURM allocation); None: a private local one
 
+class ExplainConfig(_Section):
+    "The explain stage: GNNExplainer and the GAT's attention on chosen windows of each held-out scenario."
+    seeds: int = Field(1, ge=0)  # explain the models of the run's first this-many seeds (0: no explain stage)
+    windows_per_kind: int = Field(3, ge=1)  # per scenario: this many top true positives, false positives, false negatives
+    epochs: int = Field(100, ge=1)  # GNNExplainer optimisation steps per window
+
 class LakehouseConfig(_Section):
     "Where results go besides the run folder: the local lakehouse (always), an S3 mirror and W&B (both optional)."
     s3_endpoint: str | None = None  # e.g. http://127.0.0.1:9000; None: no mirror. Env KD_GAT_S3_ENDPOINT overrides
@@ -171,6 +178,7 @@ class KDGATConfig(_Section):
     models: ScaledModels = ScaledModels()
     training: TrainingConfig = TrainingConfig()
     kd: KDConfig = KDConfig()
+    explain: ExplainConfig = ExplainConfig()
     pipeline: PipelineConfig = PipelineConfig()
     lakehouse: LakehouseConfig = LakehouseConfig()
 

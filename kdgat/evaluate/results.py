@@ -17,7 +17,8 @@ from ..train.steps import TrainedModel
 
 # %% auto #0
 __all__ = ['THRESHOLD_METHODS', 'SCORE_COLUMNS', 'RESULT_KEYS', 'SUMMARY_METRICS', 'RANKING_METRICS', 'model_rows', 'score_frame',
-           'run_results', 'summarize_results', 'write_report', 'table_notes', 'summary_table', 'results_markdown']
+           'run_table', 'run_results', 'newest_run', 'summarize_results', 'write_report', 'table_notes',
+           'summary_table', 'results_markdown']
 
 # %% ../../nbs/evaluate/42_results.ipynb #b37eb898
 THRESHOLD_METHODS: dict[str, dict] = {"f1": dict(method="f1"), "fpr1%": dict(method="fpr", max_fpr=0.01),
@@ -69,12 +70,22 @@ SUMMARY_METRICS = ["f1", "f1_margin_min", "f1_margin_max", "roc_auc", "pr_auc", 
 
 def _sql_str(s: str) -> str: return "'" + str(s).replace("'", "''") + "'"
 
-def run_results(lake: Lakehouse, run_id: str, dataset: str | None = None) -> pd.DataFrame:
-    "Every metric row of a run (latest successful attempt of each evaluate stage), read from the lakehouse."
+def run_table(lake: Lakehouse, run_id: str, table: str = "metrics", dataset: str | None = None,
+              order: str = "dataset, calibration, seed, stage") -> pd.DataFrame:
+    "Rows of one lakehouse table for a run (latest attempt of each stage), optionally one dataset's."
     where = f"run_id = {_sql_str(run_id)}" + (f" and dataset = {_sql_str(dataset)}" if dataset else "")
-    df = lake.query(f"select * from latest_metrics where {where} order by dataset, calibration, seed, stage, threshold_method, scenario")
+    df = lake.query(f"select * from latest_{table} where {where} order by {order}")
     # columns that no row of this run has (written by other versions, or by other kinds of stage) are dropped
     return df.dropna(axis=1, how="all").reset_index(drop=True) if len(df) else df
+
+def run_results(lake: Lakehouse, run_id: str, dataset: str | None = None) -> pd.DataFrame:
+    "Every metric row of a run (latest successful attempt of each evaluate stage), read from the lakehouse."
+    return run_table(lake, run_id, "metrics", dataset, "dataset, calibration, seed, stage, threshold_method, scenario")
+
+def newest_run(lake: Lakehouse) -> str | None:
+    "The id of the run whose evaluation finished last (None when nothing was evaluated)."
+    df = lake.query("select run_id from latest_stages where stage_kind = 'evaluate' and success order by finished_at desc limit 1")
+    return df.run_id[0] if len(df) else None
 
 def summarize_results(results: pd.DataFrame) -> pd.DataFrame:
     "Mean, std, min, max and count over seeds of every metric per `RESULT_KEYS` group; degenerate groups say why."

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from kdgat.lakehouse.s3 import S3Mirror
 
 # %% auto #0
-__all__ = ['RECORD_FIELDS', 'STATUSES', 'SCHEMA_VERSION', 'METRIC_COLUMNS', 'normalize_record', 'QueryError', 'Lakehouse']
+__all__ = ['RECORD_FIELDS', 'STATUSES', 'SCHEMA_VERSION', 'METRIC_COLUMNS', 'TABLES', 'normalize_record', 'QueryError',
+           'Lakehouse']
 
 # %% ../../nbs/lakehouse/50_records.ipynb #e211e9ce
 RECORD_FIELDS: dict[str, str] = {  # field -> DuckDB type of its column in the `stages` view
@@ -29,7 +30,8 @@ RECORD_FIELDS: dict[str, str] = {  # field -> DuckDB type of its column in the `
     "success": "BOOLEAN", "status": "VARCHAR", "failure_reason": "VARCHAR", "host": "VARCHAR", "stage_dir": "VARCHAR",
     "metrics": "JSON", "params": "JSON",
     # added by `write_stage`
-    "record_id": "VARCHAR", "written_at": "TIMESTAMPTZ", "metrics_rows": "INTEGER", "schema_version": "INTEGER",
+    "record_id": "VARCHAR", "written_at": "TIMESTAMPTZ", "metrics_rows": "INTEGER", "table_rows": "JSON",
+    "schema_version": "INTEGER",
 }
 STATUSES = ("success", "failed", "skipped")
 SCHEMA_VERSION = 1
@@ -77,16 +79,31 @@ def normalize_record(record: dict) -> dict:
     return out
 
 # %% ../../nbs/lakehouse/50_records.ipynb #bb270eed
+_KEYS = {"run_id": "VARCHAR", "stage": "VARCHAR", "record_id": "VARCHAR", "dataset": "VARCHAR"}
+_AT = {"calibration": "VARCHAR", "seed": "BIGINT", "variant": "VARCHAR"}
 METRIC_COLUMNS: dict[str, str] = {  # columns the `metrics` view always has (more are kept as written)
-    "run_id": "VARCHAR", "stage": "VARCHAR", "record_id": "VARCHAR", "dataset": "VARCHAR", "model": "VARCHAR",
-    "scale": "VARCHAR", "kd": "BOOLEAN", "variant": "VARCHAR", "seed": "BIGINT", "calibration": "VARCHAR",
-    "threshold_method": "VARCHAR", "scenario": "VARCHAR", "f1": "DOUBLE", "roc_auc": "DOUBLE", "pr_auc": "DOUBLE",
-    "precision": "DOUBLE", "recall": "DOUBLE", "accuracy": "DOUBLE", "n": "BIGINT",
+    **_KEYS, "model": "VARCHAR", "scale": "VARCHAR", "kd": "BOOLEAN", "variant": "VARCHAR", "seed": "BIGINT",
+    "calibration": "VARCHAR", "threshold_method": "VARCHAR", "scenario": "VARCHAR", "f1": "DOUBLE", "roc_auc": "DOUBLE",
+    "pr_auc": "DOUBLE", "precision": "DOUBLE", "recall": "DOUBLE", "accuracy": "DOUBLE", "n": "BIGINT",
+}
+_WINDOW = {"window": "BIGINT"}
+TABLES: dict[str, dict[str, str]] = {  # table -> columns its view always has, even before anything is written
+    "metrics": METRIC_COLUMNS,
+    "scores": {**_KEYS, **_AT, "model": "VARCHAR", "split": "VARCHAR", "capture": "VARCHAR", "window_start": "DOUBLE",
+               "window_end": "DOUBLE", "label": "TINYINT", "score": "DOUBLE"},
+    "curves": {**_KEYS, **_AT, "model": "VARCHAR", "epoch": "BIGINT", "metric": "VARCHAR", "value": "DOUBLE"},
+    "explained_windows": {**_KEYS, **_AT, **_WINDOW, "scenario": "VARCHAR", "capture": "VARCHAR", "kind": "VARCHAR",
+                          "label": "BIGINT", "score": "DOUBLE", "threshold": "DOUBLE"},
+    "explained_nodes": {**_KEYS, **_AT, **_WINDOW, "node": "BIGINT", "can_id": "BIGINT", "importance": "DOUBLE"},
+    "explained_edges": {**_KEYS, **_AT, **_WINDOW, "src": "BIGINT", "dst": "BIGINT", "importance": "DOUBLE"},
+    "explained_features": {**_KEYS, **_AT, **_WINDOW, "level": "VARCHAR", "feature": "VARCHAR", "importance": "DOUBLE"},
 }
 
-def _metrics_table(metrics: pd.DataFrame, run_id: str, stage: str, record_id: str) -> pa.Table:
-    if not isinstance(metrics, pd.DataFrame): raise ValueError(f"metrics must be a pandas DataFrame, got {type(metrics).__name__}")
-    df = metrics.reset_index(drop=True).copy()
+def _table(name: str, rows: pd.DataFrame, run_id: str, stage: str, record_id: str) -> pa.Table:
+    "`rows` as an arrow table with the join keys first; refused with the column's name if parquet cannot hold it."
+    if name not in TABLES: raise ValueError(f"unknown lakehouse table {name!r}; expected one of {sorted(TABLES)}")
+    if not isinstance(rows, pd.DataFrame): raise ValueError(f"{name} must be a pandas DataFrame, got {type(rows).__name__}")
+    df = rows.reset_index(drop=True).copy()
     df.columns = [str(c) for c in df.columns]
     for k, v in (("run_id", run_id), ("stage", stage), ("record_id", record_id)): df[k] = v
     df = df[["run_id", "stage", "record_id"] + [c for c in df.columns if c not in ("run_id", "stage", "record_id")]]
@@ -94,8 +111,8 @@ def _metrics_table(metrics: pd.DataFrame, run_id: str, stage: str, record_id: st
     except (pa.ArrowException, TypeError, ValueError) as e:
         for c in df.columns:
             try: pa.array(df[c])
-            except Exception: raise ValueError(f"metrics column {c!r} cannot be stored in parquet: {e}") from None
-        raise ValueError(f"metrics table cannot be stored in parquet: {e}") from None
+            except Exception: raise ValueError(f"{name} column {c!r} cannot be stored in parquet: {e}") from None
+        raise ValueError(f"{name} table cannot be stored in parquet: {e}") from None
 
 # %% ../../nbs/lakehouse/50_records.ipynb #48528d64
 class QueryError(RuntimeError):
@@ -123,20 +140,23 @@ class Lakehouse:
     def __repr__(self): return f"Lakehouse({str(self.root)!r}, mirror={self.mirror!r})"
 
     # ---- writing
-    def write_stage(self, record: dict, metrics: pd.DataFrame | None = None) -> Path:
-        "Write one stage record (and its metrics rows) atomically; hand the files to the mirror; return the record's path."
+    def write_stage(self, record: dict, metrics: pd.DataFrame | None = None,
+                    tables: dict[str, pd.DataFrame] | None = None) -> Path:
+        "Write one stage record and its tables (`metrics`, `scores`, ...: see `TABLES`) atomically; return the record's path."
         rec = normalize_record(record)
         name = f"{rec['stage'].replace('/', '__')}.{rec['attempt']}.{uuid.uuid4().hex[:8]}"
         rec["record_id"] = name
         rec["written_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-        table = None if metrics is None else _metrics_table(metrics, rec["run_id"], rec["stage"], name)
-        rec["metrics_rows"] = None if table is None else table.num_rows
+        tables = {**({} if metrics is None else {"metrics": metrics}), **(tables or {})}
+        arrow = {t: _table(t, rows, rec["run_id"], rec["stage"], name) for t, rows in tables.items()}  # all checked first
+        rec["metrics_rows"] = arrow["metrics"].num_rows if "metrics" in arrow else None
+        rec["table_rows"] = {t: a.num_rows for t, a in arrow.items()}
         data = (json.dumps(rec, allow_nan=False, separators=(",", ":")) + "\n").encode()
         written = []
-        if table is not None:  # metrics first: a record on disk means its metrics are there
+        for t, table in arrow.items():  # tables first: a record on disk means its tables are there
             buf = io.BytesIO()
             pq.write_table(table, buf)
-            written.append(atomic_write(self.root / "metrics" / rec["run_id"] / f"{name}.parquet", buf.getvalue()))
+            written.append(atomic_write(self.root / t / rec["run_id"] / f"{name}.parquet", buf.getvalue()))
         path = atomic_write(self.root / "stages" / rec["run_id"] / f"{name}.json", data)
         written.append(path)
         if self.mirror is not None:
@@ -150,7 +170,7 @@ class Lakehouse:
         return next(iter((self.root / sub).glob(pattern)), None) is not None
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        "An in-memory DuckDB connection with the views `stages`, `latest_stages`, `metrics` and `latest_metrics`."
+        "An in-memory DuckDB connection with the views `stages`, `latest_stages`, and each table and its `latest_` view."
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")
         if self._has("stages", "*/*.json"):
@@ -165,13 +185,14 @@ class Lakehouse:
         con.execute(f"CREATE VIEW stages AS SELECT {', '.join(cols)}, json AS record, filename FROM {src}")
         con.execute("""CREATE VIEW latest_stages AS SELECT * FROM stages QUALIFY row_number() OVER (
                          PARTITION BY run_id, stage ORDER BY finished_at DESC NULLS LAST, attempt DESC, written_at DESC) = 1""")
-        empty = "SELECT " + ", ".join(f"NULL::{t} AS {k}" for k, t in METRIC_COLUMNS.items()) + " WHERE false"
-        if self._has("metrics", "*/*.parquet"):
-            glob = _sql_str(self.root / "metrics" / "*" / "*.parquet")
-            con.execute(f"CREATE VIEW metrics AS {empty} UNION ALL BY NAME SELECT * FROM read_parquet({glob}, union_by_name=true)")
-        else:
-            con.execute(f"CREATE VIEW metrics AS {empty}")
-        con.execute("CREATE VIEW latest_metrics AS SELECT * FROM metrics WHERE record_id IN (SELECT record_id FROM latest_stages)")
+        for table, columns in TABLES.items():  # every table is a view, empty but with its columns until written
+            empty = "SELECT " + ", ".join(f"NULL::{t} AS {k}" for k, t in columns.items()) + " WHERE false"
+            if self._has(table, "*/*.parquet"):
+                glob = _sql_str(self.root / table / "*" / "*.parquet")
+                con.execute(f"CREATE VIEW {table} AS {empty} UNION ALL BY NAME SELECT * FROM read_parquet({glob}, union_by_name=true)")
+            else:
+                con.execute(f"CREATE VIEW {table} AS {empty}")
+            con.execute(f"CREATE VIEW latest_{table} AS SELECT * FROM {table} WHERE record_id IN (SELECT record_id FROM latest_stages)")
         return con
 
     def query(self, sql: str) -> pd.DataFrame:
