@@ -1,6 +1,7 @@
 # kdgat: the two commands of the README, and the checks CI runs.
 #   make demo    set up .venv if needed, then run the main job on the embedded synthetic dataset
 #   make test    set up .venv if needed, then run the notebook tests (nbdev_test) and the pytest suite
+#   make site    the results site of the newest run (or RUN=<run_id>) into _site/
 # Cluster (CUDA torch):  make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.kdgat-setup
 
-.PHONY: setup demo test test-nbs test-py check-sync readme readme-results clean-venv
+.PHONY: setup demo site test test-nbs test-py check-sync readme readme-results clean-venv
 
 setup: $(STAMP)
 
@@ -27,6 +28,10 @@ demo: setup
 	$(BIN)/kdgat demo
 
 test: setup test-nbs test-py
+
+# the results site of a run (default: the newest evaluated one) into _site/: `make site RUN=<run_id>`
+site: setup
+	$(BIN)/kdgat site $(if $(RUN),--run $(RUN))
 
 # the notebooks write into $KD_GAT_DATA_ROOT: the caller's when set (CI sets one), else a temporary one, removed
 # afterwards (raw and cache roots follow it), so that a test never writes into the user's ~/kd-gat-data
