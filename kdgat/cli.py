@@ -73,11 +73,11 @@ def _print_set_aside(run_dir: Path, datasets: list[str]):
 def cmd_run(args) -> int:
     "The whole pipeline, as a DAG of stage notebooks on Ray, ending with the run's report."
     from kdgat.pipeline.dag import describe_dag, run_pipeline
-    from kdgat.pipeline.stages import build_dag
+    from kdgat.pipeline.stages import run_dag
     cfg = _pipeline_config(args)
     datasets = args.dataset or [cfg.dataset.name]
     p = cfg.pipeline
-    dag = build_dag(datasets, p.seeds, p.variants, p.calibrations, p.baseline)
+    dag = run_dag(cfg, datasets)
     if args.dry_run:
         print(f"{len(dag)} stages (datasets {datasets}, seeds {list(p.seeds)}, variants {list(p.variants)}, "
               f"calibrations {list(p.calibrations)}):\n{describe_dag(dag)}")
@@ -357,7 +357,7 @@ def _pipeline_parsers(sub):
     sp.set_defaults(fn=cmd_demo)
     sp = sub.add_parser("stage", help="run one stage notebook (papermill) in a run folder")
     _common(sp, prep=False)
-    sp.add_argument("kind", choices=["preprocess", "train", "evaluate"])
+    sp.add_argument("kind", choices=["preprocess", "train", "evaluate", "explain"])
     sp.add_argument("--dataset")
     sp.add_argument("--model", choices=MODELS, default="gat")
     sp.add_argument("--variant", choices=STAGE_VARIANTS, default="small")

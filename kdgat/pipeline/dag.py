@@ -17,7 +17,7 @@ from ..lakehouse.tracking import log_stage
 from ..parallel import available_cpus, ray_session
 from .runs import RunFolder, new_run_id
 from .stages import (METRICS, PARAMS, RUNNER_ENV, StageRef, build_dag, clear_stage, complete_stage,
-                                   fail_stage, is_complete, read_marker, stage_dir, stage_hash)
+                                   fail_stage, is_complete, read_marker, run_dag, stage_dir, stage_hash, training_curve)
 
 # %% auto #0
 __all__ = ['STAGES_DIR_ENV', 'stages_dir', 'StageResult', 'execute_stage', 'RunResult', 'describe_dag', 'run_pipeline',
@@ -67,12 +67,9 @@ def _work_seconds(sdir: Path) -> float:
 
 # %% ../../nbs/pipeline/62_dag.ipynb #9b5b9174
 def _history(sdir: Path) -> list[dict]:
-    "The training curve Lightning logged for a train stage (one row per logging step), for W&B."
-    rows = []
-    for csv in sorted((sdir / "artifacts" / "logs").glob("*/metrics.csv")):
-        df = pd.read_csv(csv)
-        rows += [{k: v for k, v in r.items() if pd.notna(v)} for r in df.to_dict("records")]
-    return rows
+    "The training curve of a train stage (`training_curve`), one row per epoch, for W&B."
+    wide = training_curve(sdir).pivot_table(index="epoch", columns="metric", values="value", aggfunc="last")
+    return [{"epoch": int(e), **{k: v for k, v in r.items() if pd.notna(v)}} for e, r in wide.iterrows()]
 
 def _track(ref: StageRef, cfg: KDGATConfig, sdir: Path, run_id: str, h: str, status: str):
     "Log the stage to W&B (offline by default): its parameters, final metrics and training curve; never fails the stage."
@@ -193,7 +190,7 @@ def run_pipeline(cfg: KDGATConfig, datasets: Sequence[str], run_dir: str | Path 
     t0 = time.perf_counter()
     paths = paths or Paths.from_env()
     p = cfg.pipeline
-    stages = build_dag(list(datasets), p.seeds, p.variants, p.calibrations, p.baseline)
+    stages = run_dag(cfg, datasets)
     run = RunFolder(Path(run_dir) if run_dir else paths.runs_root / new_run_id(tag))
     run.path.mkdir(parents=True, exist_ok=True)
     run.acquire()

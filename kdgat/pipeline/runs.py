@@ -76,8 +76,8 @@ class RunFolder:
             if parts[-1] == "preprocess": out.append(StageRef("preprocess", parts[0]))
             else:
                 ds, cal, seed, variant, last = parts
-                out.append(StageRef("evaluate" if last == "evaluate" else "train", ds, cal, int(seed.removeprefix("seed")),
-                                    variant, None if last == "evaluate" else last))
+                kind = last if last in ("evaluate", "explain") else "train"
+                out.append(StageRef(kind, ds, cal, int(seed.removeprefix("seed")), variant, last if kind == "train" else None))
         return out
 
     def acquire(self):

@@ -18,26 +18,29 @@ from ..config import (CALIBRATIONS, MODELS, STAGE_VARIANTS, VARIANTS, Calibratio
                           StageVariant, config_hash, load_config, package_digest)
 from ..data.captures import CaptureSet, load_captures
 from ..data.preprocess import PreprocessReport, preprocess_dataset
+from ..data.vocabulary import EntityVocabulary
+from ..evaluate.explain import explain_windows, load_gat
 from ..evaluate.results import model_rows, score_frame
 from ..files import atomic_path, atomic_write
 from ..lakehouse.records import Lakehouse
 from ..models.fusion import DQNFusion
+from ..models.gat import inference_latency, num_parameters
 from ..train.steps import TrainedModel, fit_baseline, seed_everything, train_fusion_agent, train_gat, train_vgae
 
 # %% auto #0
 __all__ = ['StageKind', 'STAGE_KINDS', 'MARKER', 'FAILED', 'SKIPPED', 'PARAMS', 'METRICS', 'RUNNER_ENV', 'StageRef', 'build_dag',
-           'json_text', 'stage_hash', 'stage_dir', 'read_marker', 'is_complete', 'clear_stage', 'save_model',
-           'load_model', 'run_stage', 'git_revision', 'stage_record', 'complete_stage', 'fail_stage', 'ensure_stage',
-           'StageContext', 'stage_setup']
+           'run_dag', 'json_text', 'stage_hash', 'stage_dir', 'read_marker', 'is_complete', 'clear_stage', 'save_model',
+           'load_model', 'run_stage', 'git_revision', 'stage_record', 'training_curve', 'stage_tables',
+           'complete_stage', 'fail_stage', 'ensure_stage', 'StageContext', 'stage_setup']
 
 # %% ../../nbs/pipeline/60_stages.ipynb #bdf009a3
-StageKind = Literal["preprocess", "train", "evaluate"]
+StageKind = Literal["preprocess", "train", "evaluate", "explain"]
 STAGE_KINDS = get_args(StageKind)
 
 @dataclass(frozen=True)
 class StageRef:
     "One node of the DAG: a stage kind and the dataset, calibration, seed, variant and model it works on."
-    kind: StageKind  # preprocess, train or evaluate
+    kind: StageKind  # preprocess, train, evaluate or explain
     dataset: str
     calibration: Calibration | None = None  # none or prefix (train, evaluate)
     seed: int | None = None
@@ -58,13 +61,14 @@ class StageRef:
         if self.kind == "train":
             if self.model not in MODELS: bad(f"model must be one of {MODELS}, got {self.model!r}")
             if (self.model == "gbt") != (self.variant == "baseline"): bad("model 'gbt' goes with variant 'baseline', and only it")
-        elif self.model is not None: bad("an evaluate stage takes no model (it evaluates every model of its variant)")
+        elif self.model is not None: bad(f"an {self.kind} stage takes no model (it works on the models of its variant)")
+        if self.kind == "explain" and self.variant == "baseline": bad("the baseline has no graph model to explain")
 
     @property
     def key(self) -> str:
         "The stage's folder under the run folder, e.g. `synthetic/none/seed0/small_kd/gat`."
         if self.kind == "preprocess": return f"{self.dataset}/preprocess"
-        return f"{self.dataset}/{self.calibration}/seed{self.seed}/{self.variant}/{self.model or 'evaluate'}"
+        return f"{self.dataset}/{self.calibration}/seed{self.seed}/{self.variant}/{self.model or self.kind}"
 
     @property
     def scale(self) -> str | None: return None if self.variant in (None, "baseline") else ("large" if self.variant == "large" else "small")
@@ -79,6 +83,8 @@ class StageRef:
         "Stages whose outputs this one reads."
         if self.kind == "preprocess": return []
         at = dict(dataset=self.dataset, calibration=self.calibration, seed=self.seed)
+        if self.kind == "explain":  # the variant's evaluation (scores, thresholds) and its GAT (the checkpoint)
+            return [StageRef("evaluate", **at, variant=self.variant), StageRef("train", **at, variant=self.variant, model="gat")]
         if self.kind == "evaluate":
             models = ("gbt",) if self.variant == "baseline" else ("vgae", "gat", "fusion")
             return [StageRef("train", **at, variant=self.variant, model=m) for m in models]
@@ -89,7 +95,9 @@ class StageRef:
 
 # %% ../../nbs/pipeline/60_stages.ipynb #b0c4a2b3
 def build_dag(datasets: Sequence[str], seeds: Sequence[int] = (0,), variants: Sequence[str] = VARIANTS,
-              calibrations: Sequence[str] = ("none",), baseline: bool = True) -> list[StageRef]:
+              calibrations: Sequence[str] = ("none",), baseline: bool = True,
+              explain_seeds: int = 0,  # explain the GAT of every variant for the first this-many seeds
+             ) -> list[StageRef]:
     "Every stage of a run, upstream before downstream."
     if not datasets: raise ValueError("no dataset to run")
     bad = [v for v in variants if v not in VARIANTS]
@@ -100,6 +108,7 @@ def build_dag(datasets: Sequence[str], seeds: Sequence[int] = (0,), variants: Se
             for seed in seeds:
                 if baseline: wanted.append(StageRef("evaluate", ds, cal, int(seed), "baseline"))
                 wanted += [StageRef("evaluate", ds, cal, int(seed), v) for v in variants]
+            wanted += [StageRef("explain", ds, cal, int(seed), v) for seed in list(seeds)[:explain_seeds] for v in variants]
     order: dict[StageRef, None] = {}
     def visit(s: StageRef):
         if s in order: return
@@ -107,6 +116,12 @@ def build_dag(datasets: Sequence[str], seeds: Sequence[int] = (0,), variants: Se
         order[s] = None
     for w in wanted: visit(w)
     return list(order)
+
+# %% ../../nbs/pipeline/60_stages.ipynb #7d1e0a02
+def run_dag(cfg: KDGATConfig, datasets: Sequence[str]) -> list[StageRef]:
+    "The stages `kdgat run` executes for `datasets` under `cfg`."
+    p = cfg.pipeline
+    return build_dag(list(datasets), p.seeds, p.variants, p.calibrations, p.baseline, explain_seeds=cfg.explain.seeds)
 
 # %% ../../nbs/pipeline/60_stages.ipynb #35423aa8
 MARKER, FAILED, SKIPPED, PARAMS, METRICS = "_SUCCESS.json", "_FAILED.json", "_SKIPPED.json", "params.yaml", "metrics.json"
@@ -120,7 +135,8 @@ def _entry_state(dataset: str, cfg: KDGATConfig) -> dict | None:
 
 def stage_hash(ref: StageRef, cfg: KDGATConfig, dep_hashes: Sequence[str]) -> str:
     "What a stage's result depends on, as a short hash."
-    sections = {"dataset", "preprocess"} if ref.kind == "preprocess" else set(KDGATConfig.model_fields) - {"pipeline", "lakehouse"}
+    how = {"pipeline", "lakehouse"} | ({"explain"} if ref.kind != "explain" else set())  # how to run; what to explain
+    sections = {"dataset", "preprocess"} if ref.kind == "preprocess" else set(KDGATConfig.model_fields) - how
     return config_hash({"stage": asdict(ref), "config": cfg.model_dump(mode="json", include=sections),
                         "entry": _entry_state(ref.dataset, cfg), "deps": list(dep_hashes), "code": package_digest()})
 
@@ -192,7 +208,9 @@ def _preprocess(ref: StageRef, cfg: KDGATConfig, run_dir: Path, art: Path, paths
             "messages": int(t.messages.sum()), "files": int(t.files.sum()), "vocab_size": rep.vocab_size,
             # what the reader set aside or moved, by label: recorded with the stage in the lakehouse
             **{k: int(t[k].sum()) for k in ("quarantined", "quarantined_attack", "reordered", "reordered_attack")},
-            **{f"graphs.{s}": int(n) for s, n in t.graphs.items()}}
+            **{f"graphs.{s}": int(n) for s, n in t.graphs.items()},
+            **{f"attack_graphs.{s}": int(n) for s, n in t.attack_graphs.items()},
+            **{f"messages.{s}": int(n) for s, n in t.messages.items()}}
 
 def _train(ref: StageRef, cfg: KDGATConfig, run_dir: Path, art: Path, paths: Paths) -> dict:
     caps = _captures(run_dir, ref, cfg, paths)  # each training step checks the split before it builds anything
@@ -223,7 +241,20 @@ def _evaluate(ref: StageRef, cfg: KDGATConfig, run_dir: Path, art: Path, paths: 
     best = df[df.threshold_method == "f1"]
     return {f"{r.model}.{r.scenario}.{k}": float(getattr(r, k)) for r in best.itertuples() for k in ("f1", "roc_auc")}
 
-_STAGES: dict[str, Callable] = {"preprocess": _preprocess, "train": _train, "evaluate": _evaluate}
+def _explain(ref: StageRef, cfg: KDGATConfig, run_dir: Path, art: Path, paths: Paths) -> dict:
+    evaluated, trained = (stage_dir(run_dir, d) / "artifacts" for d in ref.deps())
+    gat = load_gat(load_model(trained).checkpoint)
+    vocab = EntityVocabulary.load(_report(run_dir, ref.dataset).vocabulary)
+    caps = _captures(run_dir, ref, cfg, paths)
+    out = explain_windows(gat, caps, pd.read_parquet(evaluated / "scores.parquet"), pd.read_parquet(evaluated / "metrics.parquet"),
+                          vocab, art, windows_per_kind=cfg.explain.windows_per_kind, epochs=cfg.explain.epochs, seed=ref.seed)
+    # the GAT's batch-1 latency on this machine, beside its size: what the results' size/F1/latency figure shows
+    windows = [g for c in caps.captures if c.split != "train" for g in (c.graphs[i] for i in range(min(len(c.graphs), 150)))][:300]
+    lat = inference_latency(gat, windows, warmup=min(50, len(windows) // 2))
+    return {**out, "latency_median_ms": round(lat["median_ms"], 4), "latency_p99_ms": round(lat["p99_ms"], 4),
+            "parameters": num_parameters(gat)}
+
+_STAGES: dict[str, Callable] = {"preprocess": _preprocess, "train": _train, "evaluate": _evaluate, "explain": _explain}
 
 def run_stage(ref: StageRef, cfg: KDGATConfig, run_dir: str | Path, paths: Paths | None = None) -> dict:
     "Do the work of one stage in this process: read upstream stage folders, write `artifacts/` and `metrics.json`."
@@ -269,15 +300,38 @@ def stage_record(ref: StageRef, run_dir: str | Path, status: str, h: str, starte
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None},
             "host": socket.gethostname(), "stage_dir": str(sdir)}
 
-def _metrics_table(ref: StageRef, run_dir: str | Path) -> pd.DataFrame | None:
-    p = stage_dir(run_dir, ref) / "artifacts" / "metrics.parquet"
-    return pd.read_parquet(p) if ref.kind == "evaluate" and p.is_file() else None
+def training_curve(sdir: str | Path) -> pd.DataFrame:
+    "The curve Lightning logged for a train stage: one row per (epoch, metric), the epoch's last logged value."
+    parts = []
+    for csv in sorted((Path(sdir) / "artifacts" / "logs").glob("*/metrics.csv")):
+        df = pd.read_csv(csv).drop(columns=["step"], errors="ignore")
+        if "epoch" not in df: continue
+        long = df.melt(id_vars="epoch", var_name="metric", value_name="value").dropna()
+        parts.append(long.groupby(["epoch", "metric"], as_index=False).last())
+    if not parts: return pd.DataFrame({"epoch": pd.Series(dtype="int64"), "metric": pd.Series(dtype=str), "value": pd.Series(dtype=float)})
+    return pd.concat(parts, ignore_index=True).astype({"epoch": "int64", "value": "float64"})
+
+_TABLE_FILES = {"evaluate": {"metrics": "metrics.parquet", "scores": "scores.parquet"},
+                "explain": {f"explained_{t}": f"{t}.parquet" for t in ("windows", "nodes", "edges", "features")}}
+
+def stage_tables(ref: StageRef, run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    "The lakehouse tables of a finished stage: metrics and scores, a training curve, or explanations."
+    sdir = stage_dir(run_dir, ref)
+    at = dict(dataset=ref.dataset, calibration=ref.calibration, seed=ref.seed, variant=ref.variant)
+    if ref.kind == "train":
+        curve = training_curve(sdir)
+        return {"curves": curve.assign(**at, model=ref.model)} if len(curve) else {}
+    out = {}
+    for table, name in _TABLE_FILES.get(ref.kind, {}).items():
+        p = sdir / "artifacts" / name
+        if p.is_file(): out[table] = pd.read_parquet(p).assign(**{k: v for k, v in at.items()})
+    return out
 
 def complete_stage(ref: StageRef, run_dir: str | Path, h: str, started: float, lakehouse: Lakehouse | None = None,
                    attempt: int = 1) -> dict:
     "Record a finished stage in the lakehouse, then write its completion marker (last)."
     rec = stage_record(ref, run_dir, "success", h, started, attempt)
-    if lakehouse is not None: lakehouse.write_stage(rec, _metrics_table(ref, run_dir))
+    if lakehouse is not None: lakehouse.write_stage(rec, tables=stage_tables(ref, run_dir))
     marker = {"hash": h, "finished_at": rec["finished_at"], "seconds": rec["seconds"], "attempt": attempt}
     atomic_write(stage_dir(run_dir, ref) / MARKER, json_text(marker))
     return rec
@@ -331,6 +385,10 @@ class StageContext:
     def stage_dir(self) -> Path: return stage_dir(self.run_dir, self.ref)
     @property
     def managed(self) -> bool: return os.environ.get(RUNNER_ENV) == "1"
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        "The tables the stage leaves in the lakehouse (`stage_tables`), explanations named without their prefix."
+        return {k.removeprefix("explained_"): v for k, v in stage_tables(self.ref, self.run_dir).items()}
 
     def run(self) -> dict:
         "Do the stage's work (or find it done) and return its metrics."

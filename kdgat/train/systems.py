@@ -69,9 +69,9 @@ class GATSystem(_TeacherMixin, L.LightningModule):
         if self.teacher is not None:
             with torch.no_grad(): t_logits = self.teacher(batch)
             kd = logit_kd_loss(logits, t_logits, self.hparams.kd_temperature)
-            self.log("train/kd", kd, batch_size=batch.num_graphs)
+            self.log("train/kd", kd, batch_size=batch.num_graphs, on_step=False, on_epoch=True)
             loss = kd_objective(loss, kd, self.hparams.kd_alpha)
-        self.log("train/loss", loss, batch_size=batch.num_graphs, prog_bar=True)
+        self.log("train/loss", loss, batch_size=batch.num_graphs, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -135,9 +135,9 @@ class VGAESystem(_TeacherMixin, L.LightningModule):
             with torch.no_grad(): t_out = self.teacher(batch)
             kd = vgae_kd_loss(out.mu, t_out.mu, out.x_hat, t_out.x_hat, self.projection,
                               self.hparams.latent_weight, self.hparams.recon_weight)
-            self.log("train/kd", kd, batch_size=batch.num_graphs)
+            self.log("train/kd", kd, batch_size=batch.num_graphs, on_step=False, on_epoch=True)
             loss = kd_objective(loss, kd, self.hparams.kd_alpha)
-        self.log("train/loss", loss, batch_size=batch.num_graphs, prog_bar=True)
+        self.log("train/loss", loss, batch_size=batch.num_graphs, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
