@@ -99,7 +99,10 @@ def execute_stage(ref: StageRef, run_dir: Path, cfg: KDGATConfig, config_path: P
     if is_complete(sdir, h): return StageResult(ref.key, "reused", h, seconds=0.0, work_seconds=_work_seconds(sdir))
     params = {**ref.params(), "run_dir": str(run_dir), "config": str(config_path), "overrides": []}
     threads = max(int(cfg.pipeline.cpus_per_stage), 1)
-    os.environ.update({RUNNER_ENV: "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    os.environ.update({RUNNER_ENV: "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                       # a stage notebook is the stage's log: its figures stay interactive, without a PNG copy (a Chromium
+                       # start per stage); the site and the paper make the static images when asked to
+                       "KD_GAT_STATIC_FIGURES": os.environ.get("KD_GAT_STATIC_FIGURES", "0")})
     reason, attempts = None, 0
     for attempt in range(1, cfg.pipeline.retries + 2):
         attempts, started = attempt, time.time()

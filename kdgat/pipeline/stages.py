@@ -386,6 +386,14 @@ class StageContext:
     @property
     def managed(self) -> bool: return os.environ.get(RUNNER_ENV) == "1"
 
+    def scored(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        "A train or evaluate stage's scored windows and metric rows (thresholds chosen on validation), for its figures."
+        art = self.stage_dir / "artifacts"
+        if self.ref.kind == "evaluate": return pd.read_parquet(art / "scores.parquet"), pd.read_parquet(art / "metrics.parquet")
+        if self.ref.kind != "train": raise ValueError(f"a {self.ref.kind} stage scores no windows")
+        m = load_model(art)
+        return score_frame(m), pd.DataFrame(model_rows(m))
+
     def tables(self) -> dict[str, pd.DataFrame]:
         "The tables the stage leaves in the lakehouse (`stage_tables`), explanations named without their prefix."
         return {k.removeprefix("explained_"): v for k, v in stage_tables(self.ref, self.run_dir).items()}
