@@ -39,7 +39,7 @@ class RunView:
 
     def stages(self) -> pd.DataFrame:
         "The latest attempt of every stage, its `metrics` parsed into a dict."
-        df = run_table(self.lake, self.run_id, "stages", order="stage")
+        df = self.lake.query(f"select * from latest_stages where run_id = '{self.run_id}' order by stage")  # every column kept
         if len(df): df["metrics"] = df["metrics"].map(_metrics)
         return df
 
@@ -72,6 +72,15 @@ class RunView:
 
     def seeds(self, dataset: str) -> list[int]:
         return sorted(int(s) for s in self.results(dataset).seed.unique()) if len(self.results(dataset)) else []
+
+    def latency(self, dataset: str) -> pd.DataFrame:
+        "The GAT's batch-1 latency per variant (median and p99 ms, mean over explained seeds), measured by the explain stages."
+        st = self.stages()
+        st = st[(st.stage_kind == "explain") & (st.dataset == dataset) & (st.status == "success")] if len(st) else st
+        rows = [{"model": "gat", "variant": r.variant, "median_ms": r.metrics.get("latency_median_ms"),
+                 "p99_ms": r.metrics.get("latency_p99_ms")} for r in st.itertuples()]
+        if not rows: return pd.DataFrame(columns=["model", "variant", "median_ms", "p99_ms"])
+        return pd.DataFrame(rows).groupby(["model", "variant"], as_index=False).mean()
 
     def preprocessing(self) -> pd.DataFrame:
         "Per dataset: messages, files, windows (graphs), attack windows, set-aside frames and seconds of the preprocess stage."
