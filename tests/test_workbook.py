@@ -153,20 +153,3 @@ def test_console_script_help():
     for cmd in ([], ["demo"], ["preprocess"], ["bench", "preprocess"], ["synth"], ["datasets"], ["config"]):
         r = subprocess.run([str(exe), *cmd, "--help"], capture_output=True, text=True)
         assert r.returncode == 0 and "usage: kdgat" in r.stdout, (cmd, r.stderr)
-
-
-def test_paper_chapters_compute_their_numbers(data_root, monkeypatch):
-    "The code of each paper chapter runs against a data root (Quarto itself is not installable here)."
-    import re
-    from kdgat.catalog import get_entry
-    from kdgat.config import Paths, PreprocessConfig
-    from kdgat.data.preprocess import preprocess_dataset
-    # a small synthetic dataset registered under the name the chapter reads
-    paths = Paths.from_env()
-    entry = get_entry("synthetic", paths=paths).model_copy(update={"name": "hcrl_sa", "synthetic": {"seed": 0, "scale": 0.05}})
-    preprocess_dataset(entry, PreprocessConfig(executor="local"), paths=paths)
-    for qmd in sorted((ROOT / "paper").glob("01-*.qmd")):
-        ns: dict = {}
-        for chunk in re.findall(r"```\{python\}\n(.*?)```", qmd.read_text(), flags=re.S):
-            exec(compile(chunk, str(qmd), "exec"), ns)
-        assert "table" in ns and len(ns["table"]) == 5 and ns["table"].graphs.sum() > 0
