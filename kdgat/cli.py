@@ -11,7 +11,7 @@ from .config import (CALIBRATIONS, MODELS, STAGE_VARIANTS, VARIANTS, ConfigError
 from .data.schema import InputError
 
 # %% auto #0
-__all__ = ['cmd_run', 'cmd_demo', 'cmd_evaluate', 'cmd_status', 'cmd_stage', 'cmd_query', 'cmd_clean', 'cmd_sync',
+__all__ = ['cmd_run', 'cmd_demo', 'cmd_evaluate', 'cmd_status', 'cmd_site', 'cmd_stage', 'cmd_query', 'cmd_clean', 'cmd_sync',
            'cmd_preprocess', 'cmd_inspect', 'cmd_synth', 'cmd_datasets', 'cmd_config', 'cmd_bench', 'build_parser',
            'main']
 
@@ -94,7 +94,8 @@ def cmd_run(args) -> int:
     _print_set_aside(res.run_dir, datasets)
     _print_summaries(res.run_dir, ["f1"], ["f1"])
     print(f"\nnext:\n  kdgat status {res.run_dir.name}\n  kdgat evaluate {res.run_dir.name}\n"
-          f"  kdgat bench infer --run {res.run_dir.name}")
+          f"  kdgat bench infer --run {res.run_dir.name}\n"
+          f"  kdgat site --run {res.run_dir.name}    (or make site RUN={res.run_dir.name}), then open _site/index.html")
     return 0 if res.ok else 4
 
 def cmd_demo(args) -> int:
@@ -164,6 +165,17 @@ def cmd_status(args) -> int:
         print(", ".join(f"{n} {k}" for k, n in st.status.value_counts().items()))
     if (st.status.isin(["failed", "skipped"])).any(): return 4
     return 0 if run.is_complete else 5
+
+# %% ../nbs/cli/90_cli.ipynb #5173e002
+def cmd_site(args) -> int:
+    "The results site of a run, into `--out` (default `_site/`)."
+    from kdgat.site import SiteError, build_site
+    try: out = build_site(args.run, args.out, renderer=args.renderer, config=args.config_file, jobs=args.jobs)
+    except (SiteError, LookupError) as e:  # no run, an unknown run, a page that failed: said in one message
+        print(f"kdgat site: {e}", file=sys.stderr)
+        return 2
+    print(f"site: {out / 'index.html'}\n  open it in a browser, or: python -m http.server --directory {out}")
+    return 0
 
 # %% ../nbs/cli/90_cli.ipynb #051b5b1f
 def cmd_stage(args) -> int:
@@ -374,6 +386,14 @@ def _pipeline_parsers(sub):
     sp.add_argument("--readme", metavar="NOTEBOOK", help="write the Markdown into NOTEBOOK's `<!-- results:<dataset> -->` cell")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_evaluate)
+    sp = sub.add_parser("site", help="the results site of a run: result pages executed against the lakehouse, rendered into _site/")
+    sp.add_argument("--run", help="run id (default: the newest evaluated run in the lakehouse)")
+    sp.add_argument("--out", default="_site", help="the site's folder (replaced whole when the build succeeds)")
+    sp.add_argument("--renderer", choices=["auto", "quarto", "static"], default="auto",
+                    help="auto: quarto render where Quarto is on the PATH, else the static nbconvert site")
+    sp.add_argument("--config-file", default="_quarto.yml", help="the site's pages and navigation")
+    sp.add_argument("--jobs", type=int, default=2, help="result pages executed at a time")
+    sp.set_defaults(fn=cmd_site)
     sp = sub.add_parser("status", help="what ran, what failed and why (default: the newest run)")
     sp.add_argument("run", nargs="?", help="run id or folder")
     sp.add_argument("--json", action="store_true")
