@@ -44,7 +44,8 @@ def test_partial_publication_reads_as_published(real_data, tmp_path, dataset, du
 @pytest.mark.ray
 def test_set_03_and_set_04_run_through_kdgat_run(real_data, tmp_path):
     r = _kdgat(real_data, tmp_path / "data", "run", "--dataset", "set_03", "set_04", "--seeds", "0", "--variants", "small",
-               "--set", "training.max_epochs=1", "--set", "training.accelerator=cpu", "--tag", "ctt")
+               "--set", "training.max_epochs=1", "--set", "training.accelerator=cpu", "--set", "explain.epochs=10",
+               "--set", "explain.windows_per_kind=1", "--tag", "ctt")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     out = r.stdout
     assert "set_03: f1, threshold f1" in out and "set_04: f1, threshold f1" in out, out

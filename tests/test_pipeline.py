@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 KDGAT = str(Path(sys.executable).with_name("kdgat"))
 QUICK = ["--seeds", "0", "--set", "training.max_epochs=1", "--set", "training.batch_size=256",
-         "--set", "training.accelerator=cpu"]
+         "--set", "training.accelerator=cpu", "--set", "explain.epochs=10", "--set", "explain.windows_per_kind=1"]
+NO_EXPLAIN = ["--set", "explain.seeds=0"]  # tests of the DAG's mechanics leave the explain stage out
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +65,9 @@ def test_dag_runs_in_order_and_waits_for_the_teacher(root, kd_run):
     recs = {x["stage"]: x for x in _records(root, run.name)}
     # small_kd alone still trains (but does not evaluate) the large teachers
     assert "synthetic/none/seed0/large/gat" in recs and "synthetic/none/seed0/large/evaluate" not in recs
-    assert len(recs) == 10 and all(x["success"] for x in recs.values())
+    assert len(recs) == 11 and all(x["success"] for x in recs.values())  # with the explain stage of the student
     from kdgat.pipeline.stages import StageRef, build_dag
-    for s in build_dag(["synthetic"], [0], ["small_kd"]):
+    for s in build_dag(["synthetic"], [0], ["small_kd"], explain_seeds=1):
         for d in s.deps():  # every stage started after everything it reads had finished
             assert recs[s.key]["started_at"] >= recs[d.key]["finished_at"], (s.key, d.key)
     kd_gat = run / "synthetic/none/seed0/small_kd/gat"
@@ -80,7 +81,7 @@ def test_dag_runs_in_order_and_waits_for_the_teacher(root, kd_run):
     import ast, papermill
     templates = Path(__file__).resolve().parents[1] / "nbs" / "stages"
     executed = sorted(run.rglob("*/*.ipynb"))
-    assert len(executed) == 10, executed
+    assert len(executed) == 11, executed
     for nb in executed:
         declared = papermill.inspect_notebook(str(templates / nb.name))
         cells = [c for c in json.loads(nb.read_text())["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
@@ -90,7 +91,7 @@ def test_dag_runs_in_order_and_waits_for_the_teacher(root, kd_run):
         assert injected and injected <= set(declared), (nb, injected - set(declared))
 
     st = kdgat(root, "status", run.name)
-    assert st.returncode == 0 and "10 success" in st.stdout, st.stdout
+    assert st.returncode == 0 and "11 success" in st.stdout, st.stdout
     q = kdgat(root, "query", "select dataset, model, scale, kd, scenario, f1 from metrics "
                              f"where run_id = '{run.name}' and threshold_method = 'f1'", "--format", "json")
     rows = json.loads(q.stdout)
@@ -99,11 +100,11 @@ def test_dag_runs_in_order_and_waits_for_the_teacher(root, kd_run):
 
     # the same run again: every stage is complete with the same hash, so nothing executes
     again = kdgat(root, "run", "--resume", run.name, "--variants", "small_kd", *QUICK)
-    assert again.returncode == 0 and "(10 reused)" in again.stdout, again.stdout
+    assert again.returncode == 0 and "(11 reused)" in again.stdout, again.stdout
 
 
 def test_a_failing_stage_skips_its_dependents_and_says_why(root):
-    r = kdgat(root, "run", "--variants", "small", "--no-baseline", "--tag", "broken", *QUICK,
+    r = kdgat(root, "run", "--variants", "small", "--no-baseline", "--tag", "broken", *QUICK, *NO_EXPLAIN,
               "--set", "models.gat_small.pool_aggrs=[nonsense]")
     assert r.returncode == 4, r.stdout + r.stderr
     run = _run_dir(r.stdout)
@@ -132,7 +133,7 @@ def _kill_tree(proc: subprocess.Popen):
 
 
 def test_resume_after_kill_9(root):
-    args = ["run", "--variants", "small", "--no-baseline", "--tag", "killed", *QUICK]
+    args = ["run", "--variants", "small", "--no-baseline", "--tag", "killed", *QUICK, *NO_EXPLAIN]
     proc = subprocess.Popen([KDGAT, *args], env=_env(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     runs = root / "runs"
@@ -152,7 +153,7 @@ def test_resume_after_kill_9(root):
     st = kdgat(root, "status", run.name)
     assert st.returncode == 5 and "interrupted" in st.stdout, st.stdout
 
-    r = kdgat(root, "run", "--resume", run.name, "--variants", "small", "--no-baseline", *QUICK)
+    r = kdgat(root, "run", "--resume", run.name, "--variants", "small", "--no-baseline", *QUICK, *NO_EXPLAIN)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "reused" in r.stdout and "synthetic/none/seed0/small/gat" in r.stdout
     for p, text in before.items():  # what had finished was reused, not redone
@@ -165,7 +166,7 @@ def test_resume_after_kill_9(root):
 
 
 def test_two_runs_at_once_share_the_lakehouse(root):
-    args = ["run", "--variants", "small", "--no-baseline", *QUICK]
+    args = ["run", "--variants", "small", "--no-baseline", *QUICK, *NO_EXPLAIN]
     procs = [subprocess.Popen([KDGAT, *args, "--tag", f"twin{i}"], env=_env(root), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
@@ -226,7 +227,7 @@ def test_editing_a_model_module_reruns_its_training_stages(root, tmp_path):
     where = subprocess.run([sys.executable, "-c", "import kdgat; print(kdgat.__file__)"], env=env, capture_output=True,
                            text=True, cwd=tmp_path)
     assert where.stdout.strip() == str(copy / "kdgat" / "__init__.py"), where  # the copy is what runs
-    args = ["--variants", "small", "--no-baseline", *QUICK]
+    args = ["--variants", "small", "--no-baseline", *QUICK, *NO_EXPLAIN]
     first = run("run", "--tag", "edited", *args)
     assert first.returncode == 0, first.stdout + first.stderr
     rid = _run_dir(first.stdout).name

@@ -58,8 +58,10 @@ def test_pipeline_job_script(slurm, tmp_path):
     (data / "catalog.yaml").write_text("synthetic:\n  raw: synthetic/tiny\n  synthetic: {seed: 2, scale: 0.2}\n")
     text = _submit("run.sbatch", tmp_path / "run.out", data, "8G", 900, TAG="slurmtest", SYNC_ARGS="--dry-run",
                    RAY_AUTH_MODE="disabled", KD_GAT_S3_ENDPOINT="none",
-                   KD_GAT_ARGS="--seeds 0 --variants small --no-baseline --set training.max_epochs=1")
-    assert "kdgat run: dataset synthetic" in text and "done in" in text and "(5 success)" in text, text[-3000:]
+                   KD_GAT_ARGS="--seeds 0 --variants small --no-baseline --set training.max_epochs=1 --set explain.epochs=10 "
+                              "--set explain.windows_per_kind=1")
+    # the explain stage runs inside the allocation too
+    assert "kdgat run: dataset synthetic" in text and "done in" in text and "(6 success)" in text, text[-3000:]
     assert "offline W&B run(s)" in text, text[-2000:]
     run = next((data / "runs").glob("*-slurmtest"))
     assert (run / "_COMPLETE.json").is_file()

@@ -20,7 +20,7 @@ STAGES = ROOT / "nbs" / "stages"
 RUNNER_NAMES = ("run_dir", "config", "overrides")  # what execute_stage passes besides the StageRef's own fields
 STAGE_FIELDS = tuple(f.name for f in fields(StageRef))
 TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "list": (list, tuple), "dict": dict}
-REFS = build_dag(["synthetic"], seeds=[0], calibrations=["none"])
+REFS = build_dag(["synthetic"], seeds=[0], calibrations=["none"], explain_seeds=1)
 
 
 def runner_params(ref: StageRef) -> dict:
