@@ -244,10 +244,11 @@ def _evaluate(ref: StageRef, cfg: KDGATConfig, run_dir: Path, art: Path, paths: 
 def _explain(ref: StageRef, cfg: KDGATConfig, run_dir: Path, art: Path, paths: Paths) -> dict:
     evaluated, trained = (stage_dir(run_dir, d) / "artifacts" for d in ref.deps())
     gat = load_gat(load_model(trained).checkpoint)
-    vocab = EntityVocabulary.load(_report(run_dir, ref.dataset).vocabulary)
+    report = _report(run_dir, ref.dataset)
     caps = _captures(run_dir, ref, cfg, paths)
     out = explain_windows(gat, caps, pd.read_parquet(evaluated / "scores.parquet"), pd.read_parquet(evaluated / "metrics.parquet"),
-                          vocab, art, windows_per_kind=cfg.explain.windows_per_kind, epochs=cfg.explain.epochs, seed=ref.seed)
+                          EntityVocabulary.load(report.vocabulary), art, windows_per_kind=cfg.explain.windows_per_kind,
+                          epochs=cfg.explain.epochs, seed=ref.seed, window_size=report.window_size)
     # the GAT's batch-1 latency on this machine, beside its size: what the results' size/F1/latency figure shows
     windows = [g for c in caps.captures if c.split != "train" for g in (c.graphs[i] for i in range(min(len(c.graphs), 150)))][:300]
     lat = inference_latency(gat, windows, warmup=min(50, len(windows) // 2))
