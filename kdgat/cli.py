@@ -174,7 +174,7 @@ def cmd_site(args) -> int:
     except (SiteError, LookupError) as e:  # no run, an unknown run, a page that failed: said in one message
         print(f"kdgat site: {e}", file=sys.stderr)
         return 2
-    print(f"site: {out / 'index.html'}\n  open it in a browser, or: python -m http.server --directory {out}")
+    print(f"  open {out / 'index.html'} in a browser, or serve it: python -m http.server --directory {out}")
     return 0
 
 # %% ../nbs/cli/90_cli.ipynb #051b5b1f

@@ -4,7 +4,7 @@
 from __future__ import annotations
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,9 @@ from .metrics import (MIN_ATTACK_WINDOWS, binary_metrics, choose_threshold, dege
                                     summarize_runs, traffic_hours, validation_margin)
 from ..files import atomic_path
 from ..lakehouse.records import Lakehouse
-from ..train.steps import TrainedModel
+
+if TYPE_CHECKING:  # rows only read a model's outputs: pages that read results never import torch and Lightning
+    from kdgat.train.steps import TrainedModel
 
 # %% auto #0
 __all__ = ['THRESHOLD_METHODS', 'SCORE_COLUMNS', 'RESULT_KEYS', 'SUMMARY_METRICS', 'RANKING_METRICS', 'model_rows', 'score_frame',
