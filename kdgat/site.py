@@ -149,6 +149,8 @@ def rewrite_links(text: str, src: Path, dest: str, cfg: SiteConfig, targets: dic
         path, hash_, frag = target.partition("#")
         if not path: return target
         f = _abs(src.parent / urllib.parse.unquote(path))
+        if f not in targets and not f.exists() and src == cfg.root / cfg.source_dir / "index.ipynb":
+            f = _abs(cfg.root / urllib.parse.unquote(path))  # the home page is README.md's source: its links start at the root
         if f in targets: new = Path(targets[f]).with_suffix(ext).as_posix()
         elif f.is_file() and cfg.root in f.parents: new = site_path(cfg, f); files[new] = f
         else: return target
