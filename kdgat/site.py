@@ -14,12 +14,13 @@ from nbformat import NotebookNode
 
 from .config import KDGATConfig, Paths
 from .lakehouse.records import Lakehouse
+from .evaluate.results import newest_run  # the run `kdgat evaluate` and the pages also default to
 from .publish import (NavItem, Page, SiteError, nav_yaml, nbdev_process, quarto_notebook, relative_link, render_quarto,
                            render_static, stage_notebook, write_assets)
 
 # %% auto #0
 __all__ = ['SiteConfig', 'site_path', 'notebook_title', 'site_pages', 'rewrite_links', 'template_parameters', 'execute_pages',
-           'quarto_project', 'newest_run', 'run_datasets', 'page_notebook', 'build_site']
+           'quarto_project', 'run_datasets', 'page_notebook', 'build_site']
 
 # %% ../nbs/site/71_site.ipynb #9f170f1a
 _KDGAT_KEYS = {"source-dir", "stages", "run-pages", "dataset-pages"}
@@ -220,11 +221,6 @@ def quarto_project(cfg: SiteConfig, pages: list[Page], nav: list[NavItem], noteb
 
 # %% ../nbs/site/71_site.ipynb #504dcf0c
 def _sql(s: str) -> str: return "'" + str(s).replace("'", "''") + "'"
-
-def newest_run(lake: Lakehouse) -> str | None:
-    "The run of the most recently finished successful evaluate stage, or None."
-    df = lake.query("select run_id from latest_stages where stage_kind = 'evaluate' and success order by finished_at desc limit 1")
-    return None if df.empty else str(df.run_id.iloc[0])
 
 def run_datasets(lake: Lakehouse, run_id: str) -> list[str]:
     "The datasets with stages in run `run_id`, sorted."

@@ -325,7 +325,7 @@ def stage_tables(ref: StageRef, run_dir: str | Path) -> dict[str, pd.DataFrame]:
     out = {}
     for table, name in _TABLE_FILES.get(ref.kind, {}).items():
         p = sdir / "artifacts" / name
-        if p.is_file(): out[table] = pd.read_parquet(p).assign(**{k: v for k, v in at.items()})
+        if p.is_file(): out[table] = pd.read_parquet(p).assign(**at)
     return out
 
 def complete_stage(ref: StageRef, run_dir: str | Path, h: str, started: float, lakehouse: Lakehouse | None = None,
