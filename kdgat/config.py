@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = ['ENV_DATA_ROOT', 'ENV_CACHE_ROOT', 'ENV_RAW_ROOT', 'Model', 'GNNModel', 'Variant', 'StageVariant', 'Calibration',
            'Scale', 'ConvType', 'MODELS', 'GNN_MODELS', 'VARIANTS', 'STAGE_VARIANTS', 'CALIBRATIONS', 'Paths',
            'DatasetConfig', 'PreprocessConfig', 'variant_scale', 'GATConfig', 'VGAEConfig', 'FusionConfig',
-           'ScaledModels', 'TrainingConfig', 'KDConfig', 'PipelineConfig', 'ExplainConfig', 'LakehouseConfig',
-           'KDGATConfig', 'ConfigError', 'load_config', 'canonical_json', 'config_hash', 'dump_config',
-           'package_digest']
+           'ScaledModels', 'TrainingConfig', 'KDConfig', 'PipelineConfig', 'ExplainConfig', 'SearchDimension',
+           'TuneConfig', 'SlurmResources', 'SlurmConfig', 'LakehouseConfig', 'KDGATConfig', 'ConfigError',
+           'load_config', 'canonical_json', 'config_hash', 'dump_config', 'package_digest']
 
 # %% ../nbs/core/00_config.ipynb #560a565c
 ENV_DATA_ROOT, ENV_CACHE_ROOT, ENV_RAW_ROOT = "KD_GAT_DATA_ROOT", "KD_GAT_CACHE_ROOT", "KD_GAT_RAW_ROOT"
@@ -162,6 +162,69 @@ class ExplainConfig(_Section):
     windows_per_kind: int = Field(3, ge=1)  # per scenario: this many top true positives, false positives, false negatives
     epochs: int = Field(100, ge=1)  # GNNExplainer optimisation steps per window
 
+class SearchDimension(_Section):
+    "One searched setting: a distribution over its values (Ray Tune's `loguniform`, `uniform`, `randint`, `choice`)."
+    kind: Literal["loguniform", "uniform", "int", "choice"]
+    low: float | None = None  # loguniform, uniform, int: the range (int: both ends included)
+    high: float | None = None
+    values: tuple[Any, ...] | None = None  # choice: the candidates
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if self.kind == "choice":
+            if not self.values: raise ValueError("a 'choice' dimension needs 'values'")
+        elif self.low is None or self.high is None or self.low >= self.high:
+            raise ValueError(f"a '{self.kind}' dimension needs 'low' < 'high'")
+        elif self.kind == "loguniform" and self.low <= 0: raise ValueError("a 'loguniform' dimension needs 'low' > 0")
+        return self
+
+_D = SearchDimension
+class TuneConfig(_Section):
+    "Hyper-parameter search (`kdgat tune`): Optuna proposes settings, ASHA stops poor trials after each epoch."
+    num_samples: int = Field(24, ge=1)  # trials
+    max_concurrent: int = Field(2, ge=1)  # trials side by side
+    metric: Literal["val_auroc", "val_loss"] = "val_auroc"  # reported by every trial after every epoch
+    grace_period: int = Field(2, ge=1)  # epochs every trial gets before ASHA may stop it
+    reduction_factor: int = Field(3, ge=2)  # ASHA keeps the best 1/reduction_factor at each rung
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(1.0, ge=0)  # asked for only when the Ray instance has GPUs
+    storage_path: str | None = None  # trial folders; must be shared by all nodes of a multi-node Ray. None: <data root>/tune
+    # per model, the searched settings as dotted paths of this configuration ("{scale}" is the tuned variant's scale)
+    spaces: dict[str, dict[str, SearchDimension]] = {
+        "gat": {"training.lr": _D(kind="loguniform", low=1e-4, high=1e-2),
+                "training.weight_decay": _D(kind="loguniform", low=1e-6, high=1e-3),
+                "models.gat_{scale}.hidden_channels": _D(kind="choice", values=(16, 32, 64)),
+                "models.gat_{scale}.num_layers": _D(kind="int", low=1, high=3),
+                "models.gat_{scale}.dropout": _D(kind="uniform", low=0.0, high=0.5)},
+        "vgae": {"training.lr": _D(kind="loguniform", low=1e-4, high=1e-2),
+                 "models.vgae_{scale}.latent_channels": _D(kind="choice", values=(8, 16, 32)),
+                 "models.vgae_{scale}.kl_weight": _D(kind="loguniform", low=1e-4, high=1e-1),
+                 "models.vgae_{scale}.dropout": _D(kind="uniform", low=0.0, high=0.4)}}
+
+class SlurmResources(_Section):
+    "What one stage kind asks SLURM for."
+    cpus: int = Field(8, ge=1)
+    mem: str = "85G"
+    gpus: int = Field(0, ge=0)  # of `slurm.gpu_type` (GRES); 0: a CPU job
+    time: str = "02:00:00"
+    partition: str | None = None  # None: `slurm.partition`
+
+class SlurmConfig(_Section):
+    "`kdgat slurm submit`: the run's DAG as sbatch jobs chained with afterok, resources per stage kind."
+    account: str | None = None  # e.g. an OSC project (PAS1234)
+    partition: str | None = None  # None: the cluster's default
+    gpu_type: str | None = "v100"  # GRES type of GPU stages (gpu:v100:1); None: any GPU (gpu:1)
+    modules: tuple[str, ...] = ()  # `module load` these in every job before activating the project's environment
+    # per stage kind; "train" covers the VGAE and GAT, "train_fusion" the fusion agent and the baseline
+    resources: dict[str, SlurmResources] = {
+        "preprocess": SlurmResources(cpus=8, mem="85G", time="02:00:00"),
+        "train": SlurmResources(cpus=8, mem="85G", gpus=1, time="04:00:00"),
+        "train_fusion": SlurmResources(cpus=8, mem="85G", time="02:00:00"),
+        "evaluate": SlurmResources(cpus=8, mem="85G", time="01:00:00"),
+        "explain": SlurmResources(cpus=8, mem="85G", time="01:00:00")}
+    stage_to_tmpdir: bool = True  # copy the dataset's graph cache to node-local $TMPDIR before a stage reads it
+    arrays: bool = True  # stages that differ only by seed (or dataset) go into one array job
+
 class LakehouseConfig(_Section):
     "Where results go besides the run folder: the local lakehouse (always), an S3 mirror and W&B (both optional)."
     s3_endpoint: str | None = None  # e.g. http://127.0.0.1:9000; None: no mirror. Env KD_GAT_S3_ENDPOINT overrides
@@ -180,6 +243,8 @@ class KDGATConfig(_Section):
     kd: KDConfig = KDConfig()
     explain: ExplainConfig = ExplainConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    tune: TuneConfig = TuneConfig()
+    slurm: SlurmConfig = SlurmConfig()
     lakehouse: LakehouseConfig = LakehouseConfig()
 
 # %% ../nbs/core/00_config.ipynb #fe75b7b1

@@ -135,7 +135,7 @@ def _entry_state(dataset: str, cfg: KDGATConfig) -> dict | None:
 
 def stage_hash(ref: StageRef, cfg: KDGATConfig, dep_hashes: Sequence[str]) -> str:
     "What a stage's result depends on, as a short hash."
-    how = {"pipeline", "lakehouse"} | ({"explain"} if ref.kind != "explain" else set())  # how to run; what to explain
+    how = {"pipeline", "lakehouse", "tune", "slurm"} | ({"explain"} if ref.kind != "explain" else set())  # how to run; what to explain
     sections = {"dataset", "preprocess"} if ref.kind == "preprocess" else set(KDGATConfig.model_fields) - how
     return config_hash({"stage": asdict(ref), "config": cfg.model_dump(mode="json", include=sections),
                         "entry": _entry_state(ref.dataset, cfg), "deps": list(dep_hashes), "code": package_digest()})
