@@ -179,6 +179,17 @@ class SearchDimension(_Section):
         return self
 
 _D = SearchDimension
+_SPACES = {
+        "gat": {"training.lr": _D(kind="loguniform", low=1e-4, high=1e-2),
+                "training.weight_decay": _D(kind="loguniform", low=1e-6, high=1e-3),
+                "models.gat_{scale}.hidden_channels": _D(kind="choice", values=(16, 32, 64)),
+                "models.gat_{scale}.num_layers": _D(kind="int", low=1, high=3),
+                "models.gat_{scale}.dropout": _D(kind="uniform", low=0.0, high=0.5)},
+        "vgae": {"training.lr": _D(kind="loguniform", low=1e-4, high=1e-2),
+                 "models.vgae_{scale}.latent_channels": _D(kind="choice", values=(8, 16, 32)),
+                 "models.vgae_{scale}.kl_weight": _D(kind="loguniform", low=1e-4, high=1e-1),
+                 "models.vgae_{scale}.dropout": _D(kind="uniform", low=0.0, high=0.4)}}
+
 class TuneConfig(_Section):
     "Hyper-parameter search (`kdgat tune`): Optuna proposes settings, ASHA stops poor trials after each epoch."
     num_samples: int = Field(24, ge=1)  # trials
@@ -190,16 +201,13 @@ class TuneConfig(_Section):
     gpus_per_trial: float = Field(1.0, ge=0)  # asked for only when the Ray instance has GPUs
     storage_path: str | None = None  # trial folders; must be shared by all nodes of a multi-node Ray. None: <data root>/tune
     # per model, the searched settings as dotted paths of this configuration ("{scale}" is the tuned variant's scale)
-    spaces: dict[str, dict[str, SearchDimension]] = {
-        "gat": {"training.lr": _D(kind="loguniform", low=1e-4, high=1e-2),
-                "training.weight_decay": _D(kind="loguniform", low=1e-6, high=1e-3),
-                "models.gat_{scale}.hidden_channels": _D(kind="choice", values=(16, 32, 64)),
-                "models.gat_{scale}.num_layers": _D(kind="int", low=1, high=3),
-                "models.gat_{scale}.dropout": _D(kind="uniform", low=0.0, high=0.5)},
-        "vgae": {"training.lr": _D(kind="loguniform", low=1e-4, high=1e-2),
-                 "models.vgae_{scale}.latent_channels": _D(kind="choice", values=(8, 16, 32)),
-                 "models.vgae_{scale}.kl_weight": _D(kind="loguniform", low=1e-4, high=1e-1),
-                 "models.vgae_{scale}.dropout": _D(kind="uniform", low=0.0, high=0.4)}}
+    spaces: dict[str, dict[str, SearchDimension]] = _SPACES
+
+    @field_validator("spaces", mode="before")
+    @classmethod
+    def _models_over_defaults(cls, v):
+        "A model's space given in YAML replaces that model's default space; the other models keep theirs."
+        return {**_SPACES, **(v or {})}
 
 class SlurmResources(_Section):
     "What one stage kind asks SLURM for."
@@ -209,6 +217,13 @@ class SlurmResources(_Section):
     time: str = "02:00:00"
     partition: str | None = None  # None: `slurm.partition`
 
+_RESOURCES = {
+        "preprocess": SlurmResources(cpus=8, mem="85G", time="02:00:00"),
+        "train": SlurmResources(cpus=8, mem="85G", gpus=1, time="04:00:00"),
+        "train_fusion": SlurmResources(cpus=8, mem="85G", time="02:00:00"),
+        "evaluate": SlurmResources(cpus=8, mem="85G", time="01:00:00"),
+        "explain": SlurmResources(cpus=8, mem="85G", time="01:00:00")}
+
 class SlurmConfig(_Section):
     "`kdgat slurm submit`: the run's DAG as sbatch jobs chained with afterok, resources per stage kind."
     account: str | None = None  # e.g. an OSC project (PAS1234)
@@ -216,14 +231,18 @@ class SlurmConfig(_Section):
     gpu_type: str | None = "v100"  # GRES type of GPU stages (gpu:v100:1); None: any GPU (gpu:1)
     modules: tuple[str, ...] = ()  # `module load` these in every job before activating the project's environment
     # per stage kind; "train" covers the VGAE and GAT, "train_fusion" the fusion agent and the baseline
-    resources: dict[str, SlurmResources] = {
-        "preprocess": SlurmResources(cpus=8, mem="85G", time="02:00:00"),
-        "train": SlurmResources(cpus=8, mem="85G", gpus=1, time="04:00:00"),
-        "train_fusion": SlurmResources(cpus=8, mem="85G", time="02:00:00"),
-        "evaluate": SlurmResources(cpus=8, mem="85G", time="01:00:00"),
-        "explain": SlurmResources(cpus=8, mem="85G", time="01:00:00")}
+    resources: dict[str, SlurmResources] = _RESOURCES
     stage_to_tmpdir: bool = True  # copy the dataset's graph cache to node-local $TMPDIR before a stage reads it
     arrays: bool = True  # stages that differ only by seed (or dataset) go into one array job
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _kinds_over_defaults(cls, v):
+        "A stage kind given in YAML or `--set` changes only the fields it names; the other kinds keep their defaults."
+        out = {k: r.model_dump() for k, r in _RESOURCES.items()}
+        for k, r in (v or {}).items(): out[k] = {**out.get(k, {}), **(r.model_dump(exclude_unset=True) if isinstance(r, BaseModel) else r)}
+        return out
+
 
 class LakehouseConfig(_Section):
     "Where results go besides the run folder: the local lakehouse (always), an S3 mirror and W&B (both optional)."
