@@ -97,6 +97,11 @@ TABLES: dict[str, dict[str, str]] = {  # table -> columns its view always has, e
     "explained_nodes": {**_KEYS, **_AT, **_WINDOW, "node": "BIGINT", "can_id": "BIGINT", "importance": "DOUBLE"},
     "explained_edges": {**_KEYS, **_AT, **_WINDOW, "src": "BIGINT", "dst": "BIGINT", "importance": "DOUBLE"},
     "explained_features": {**_KEYS, **_AT, **_WINDOW, "level": "VARCHAR", "feature": "VARCHAR", "importance": "DOUBLE"},
+    "trials": {**_KEYS, "model": "VARCHAR", "variant": "VARCHAR", "trial_id": "VARCHAR", "status": "VARCHAR",
+               "stopped_early": "BOOLEAN", "epochs": "BIGINT", "metric": "VARCHAR", "best_value": "DOUBLE",
+               "last_value": "DOUBLE", "seconds": "DOUBLE", "config": "VARCHAR", "is_best": "BOOLEAN"},
+    "benchmarks": {**_KEYS, "benchmark": "VARCHAR", "case": "VARCHAR", "metric": "VARCHAR", "value": "DOUBLE",
+                   "unit": "VARCHAR"},
 }
 
 def _table(name: str, rows: pd.DataFrame, run_id: str, stage: str, record_id: str) -> pa.Table:
