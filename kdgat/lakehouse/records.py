@@ -28,6 +28,7 @@ RECORD_FIELDS: dict[str, str] = {  # field -> DuckDB type of its column in the `
     "config_hash": "VARCHAR", "data_version": "VARCHAR", "git_rev": "VARCHAR",
     "started_at": "TIMESTAMPTZ", "finished_at": "TIMESTAMPTZ", "seconds": "DOUBLE", "attempt": "INTEGER",
     "success": "BOOLEAN", "status": "VARCHAR", "failure_reason": "VARCHAR", "host": "VARCHAR", "stage_dir": "VARCHAR",
+    "node": "VARCHAR", "slurm_job_id": "VARCHAR",  # the Ray node that ran it (two may share a host); its SLURM job
     "metrics": "JSON", "params": "JSON",
     # added by `write_stage`
     "record_id": "VARCHAR", "written_at": "TIMESTAMPTZ", "metrics_rows": "INTEGER", "table_rows": "JSON",

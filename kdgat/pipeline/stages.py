@@ -2,7 +2,7 @@
 
 # %% ../../nbs/pipeline/60_stages.ipynb #c5785928
 from __future__ import annotations
-import atexit, datetime, functools, json, os, shutil, socket, time
+import atexit, datetime, functools, json, os, shutil, socket, sys, time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, get_args
@@ -30,7 +30,7 @@ from ..train.steps import TrainedModel, fit_baseline, seed_everything, train_fus
 # %% auto #0
 __all__ = ['StageKind', 'STAGE_KINDS', 'MARKER', 'FAILED', 'SKIPPED', 'PARAMS', 'METRICS', 'RUNNER_ENV', 'StageRef', 'build_dag',
            'run_dag', 'json_text', 'stage_hash', 'stage_dir', 'read_marker', 'is_complete', 'clear_stage', 'save_model',
-           'load_model', 'run_stage', 'git_revision', 'stage_record', 'training_curve', 'stage_tables',
+           'load_model', 'run_stage', 'git_revision', 'current_node', 'stage_record', 'training_curve', 'stage_tables',
            'complete_stage', 'fail_stage', 'ensure_stage', 'StageContext', 'stage_setup']
 
 # %% ../../nbs/pipeline/60_stages.ipynb #bdf009a3
@@ -282,6 +282,15 @@ def git_revision() -> str:
     except (OSError, subprocess.SubprocessError): out = ""
     return out or "nogit"
 
+def current_node() -> str:
+    "Where this process runs: its Ray node's ID inside a Ray worker (two Ray nodes may share a host), else the host name."
+    if "ray" in sys.modules:  # never import Ray just to ask
+        ray = sys.modules["ray"]
+        try:
+            if ray.is_initialized(): return ray.get_runtime_context().get_node_id()
+        except Exception: pass
+    return socket.gethostname()
+
 def stage_record(ref: StageRef, run_dir: str | Path, status: str, h: str, started: float, attempt: int = 1,
                  reason: str | None = None, metrics: dict | None = None) -> dict:
     "The lakehouse record of one attempt at a stage."
@@ -299,7 +308,8 @@ def stage_record(ref: StageRef, run_dir: str | Path, status: str, h: str, starte
             "finished_at": _now(), "seconds": round(time.time() - started, 3), "attempt": attempt,
             "success": status == "success", "status": status, "failure_reason": reason,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None},
-            "host": socket.gethostname(), "stage_dir": str(sdir)}
+            "host": socket.gethostname(), "stage_dir": str(sdir), "node": current_node(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
 
 def training_curve(sdir: str | Path) -> pd.DataFrame:
     "The curve Lightning logged for a train stage: one row per (epoch, metric), the epoch's last logged value."
