@@ -16,7 +16,9 @@ from .data.engine import GraphSet
 from .data.schema import attack_type_from_name
 
 # %% auto #0
-__all__ = ['bench_preprocess', 'bench_preprocess_dataset', 'bench_infer', 'infer_markdown']
+__all__ = ['SCALE_MESSAGES', 'CTT_MESSAGES', 'bench_preprocess', 'bench_preprocess_dataset', 'bench_infer', 'infer_markdown',
+           'scale_capture', 'scale_captures', 'TreeMemory', 'scale_series', 'bench_scale', 'scale_figures',
+           'scale_line', 'scale_estimate', 'scale_markdown']
 
 # %% ../nbs/cli/80_bench.ipynb #a0ae8d60
 def _one_core():
@@ -148,4 +150,411 @@ def infer_markdown(r: dict) -> str:
     for name, ms in sorted(rows.items()):
         lines.append(f"| {name} | {rng(ms, 'parameters', '{:,}')} | {rng(ms, 'p50_ms', '{:.2f}')} | "
                      f"{rng(ms, 'p99_ms', '{:.2f}')} | {rng(ms, 'windows_per_second', '{:,}')} |")
+    return "\n".join(lines) + "\n"
+
+# %% ../nbs/cli/80_bench.ipynb #5ca1e002
+import contextlib, datetime, shutil, subprocess, sys, threading, zlib
+
+import pandas as pd
+
+from .files import atomic_write
+
+_SCALE_FILES = [("attack-free", "alpha"), ("dos", "beta"), ("fuzzing", "gamma"), ("spoofing", "alpha"),
+                ("attack-free", "beta"), ("masquerade", "gamma"), ("replay", "alpha"), ("attack-free", "gamma")]
+
+def scale_capture(folder: str | Path, index: int, messages: int, seed: int = 0) -> Path:
+    "Capture `index` of the scale benchmark: exactly `messages` frames of synthetic CSV, written once and then reused."
+    from kdgat.data.synthetic import VEHICLES, _windows, simulate_traffic, write_can_csv
+    kind, veh = _SCALE_FILES[index % len(_SCALE_FILES)]
+    path = Path(folder) / f"{index:04d}-{kind}-{veh}-{messages}.csv"
+    if path.is_file(): return path  # written atomically: a file that is there is whole
+    fseed = zlib.crc32(f"scale/{seed}/{index}".encode())
+    vehicle = VEHICLES[veh]
+    duration = messages / vehicle.load_hz
+    for _ in range(10):  # attacks add frames at their own rates: lengthen until the capture holds `messages`
+        attacks = _windows(kind, duration, np.random.default_rng([fseed, 3]), vehicle) if kind != "attack-free" else []
+        df = simulate_traffic(vehicle, duration, attacks, seed=fseed)
+        if len(df) >= messages: break
+        duration *= 1.05 * messages / max(len(df), 1)
+    return write_can_csv(df.iloc[:messages], path)
+
+def scale_captures(folder: str | Path, messages: int, file_messages: int = 500_000, seed: int = 0) -> list[Path]:
+    "The captures of a `messages`-message dataset: files of `file_messages` messages, the last one holding the rest."
+    if file_messages < 1000: raise ValueError(f"file_messages must be >= 1000 (a file must hold windows), got {file_messages}")
+    if messages < file_messages: raise ValueError(f"messages ({messages:,}) must be >= file_messages ({file_messages:,})")
+    full, rest = divmod(int(messages), int(file_messages))
+    sizes = [file_messages] * full + ([rest] if rest else [])
+    return [scale_capture(folder, i, n, seed) for i, n in enumerate(sizes)]
+
+# %% ../nbs/cli/80_bench.ipynb #5ca1e006
+class TreeMemory:
+    "Peak memory of a process and its descendants, sampled from a background thread; optionally stops the tree at a limit."
+    def __init__(self, pid: int, interval: float = 0.2,
+                 limit_bytes: float | None = None,  # summed RSS above which `on_limit` is called (once)
+                 on_limit=None):
+        import psutil
+        self._psutil, self.root = psutil, psutil.Process(pid)
+        self.interval, self.limit_bytes, self.on_limit = interval, limit_bytes, on_limit
+        self.samples: list[tuple[float, int, int, int | None, int]] = []  # (time, RSS sum, largest RSS, PSS sum, processes)
+        self.pids: dict[int, float] = {pid: self.root.create_time()}  # every process seen in the tree: its start time
+        self.hit_limit = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _tree(self) -> list:
+        try: return [self.root, *self.root.children(recursive=True)]
+        except self._psutil.Error: return []
+
+    def _run(self):
+        procs, last_full = [], 0.0
+        while not self._stop.is_set():
+            now = time.time()
+            full = now - last_full >= 1.0
+            if full: procs, last_full = self._tree(), now
+            rss, top, pss, alive = 0, 0, 0 if full else None, []
+            for p in procs:
+                try:
+                    r = p.memory_info().rss
+                    if full: pss += getattr(p.memory_full_info(), "pss", r)
+                except self._psutil.Error: continue  # it ended between the listing and the reading
+                rss, top = rss + r, max(top, r)
+                alive.append(p)
+            procs = alive
+            for p in alive:
+                if p.pid not in self.pids:
+                    with contextlib.suppress(self._psutil.Error): self.pids[p.pid] = p.create_time()
+            if alive: self.samples.append((now, rss, top, pss, len(alive)))
+            if self.limit_bytes and rss > self.limit_bytes and not self.hit_limit:
+                self.hit_limit = True
+                if self.on_limit: self.on_limit()
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def peak(self, start: float = 0.0, end: float = float("inf")) -> dict:
+        "Peaks (bytes) over the samples taken between `start` and `end` (`time.time()` values)."
+        s = [x for x in self.samples if start <= x[0] <= end]
+        if not s: return {"rss": 0, "process_rss": 0, "pss": None, "processes": 0, "samples": 0}
+        return {"rss": max(x[1] for x in s), "process_rss": max(x[2] for x in s),
+                "pss": max((x[3] for x in s if x[3] is not None), default=None), "processes": max(x[4] for x in s),
+                "samples": len(s)}
+
+# %% ../nbs/cli/80_bench.ipynb #5ca1e00a
+def _scale_entry(files: list[Path]) -> DatasetEntry:
+    "The captures as one dataset: every fourth file a held-out test capture, the others training files."
+    root = files[0].parent
+    test = [f.name for i, f in enumerate(files) if i % 4 == 3]
+    return DatasetEntry(name="bench-scale", raw=str(root), format="csv", encoding={"can_id": "hex"}, id_bits=11,
+                        train=[f.name for i, f in enumerate(files) if i % 4 != 3], test={"held_out": test} if test else {})
+
+def _warm_worker() -> int:
+    "In a Ray worker: import what a preprocessing task imports (torch, pyarrow, pandera), before anything is timed."
+    import kdgat.data.preprocess  # noqa: F401
+    return os.getpid()
+
+def _disk_bytes(folder: Path) -> int:
+    "Bytes the files under `folder` take on disk (allocated blocks)."
+    return sum(p.stat().st_blocks * 512 for p in Path(folder).rglob("*") if p.is_file())
+
+def scale_series(sizes: list[dict],  # [{"messages": m, "files": [paths]}, ...], smallest first
+                 workers: int, scratch: str, out: str,
+                 executor: str = "ray", window_size: int = 100, stride: int = 100):
+    "The cases of one worker count, in the process that runs them: one Ray, each size into a fresh cache; events to `out`."
+    from kdgat.parallel import ray_session
+    t0 = time.time()
+    if executor not in ("ray", "local"): raise ValueError(f"executor must be 'ray' or 'local', got {executor!r}")
+    if executor == "local" and workers != 1: raise ValueError("executor='local' builds in this process: workers must be 1")
+    cfg = PreprocessConfig(window_size=window_size, stride=stride, executor=executor)
+    with open(out, "a") as log:
+        def emit(**kw):
+            log.write(json.dumps(kw) + "\n")
+            log.flush()
+        with (ray_session(num_cpus=workers) if executor == "ray" else contextlib.nullcontext()) as ray:
+            t_up = time.time()
+            warmed = len(set(ray.get([ray.remote(num_cpus=1)(_warm_worker).remote() for _ in range(workers)]))) if ray else 0
+            emit(event="ready", started=t0, ray_up=t_up, warm=time.time(), warmed=warmed)
+            for s in sizes:
+                cache = Path(scratch) / f"cache-{s['messages']}"
+                paths = Paths.from_env().model_copy(update={"cache_root": cache})
+                entry = _scale_entry([Path(f) for f in s["files"]])
+                emit(event="start", messages=s["messages"], time=time.time(), load=os.getloadavg()[0])
+                t1 = time.time()
+                rep = preprocess_dataset(entry, cfg, paths=paths)
+                t2 = time.time()
+                t = rep.table()
+                emit(event="done", messages=s["messages"], start=t1, done=t2, seconds=t2 - t1, executor=rep.executor,
+                     files=int(t.files.sum()), counted=int(t.messages.sum()), graphs=int(t.graphs.sum()),
+                     work_seconds=sum(f.seconds for f in rep.files if not f.reused and not f.duplicate_of),
+                     driver_peak_rss=_peak_rss_mb() * 2**20, cache_bytes=_disk_bytes(cache / "graphs"))
+                shutil.rmtree(cache, ignore_errors=True)
+
+# %% ../nbs/cli/80_bench.ipynb #5ca1e00c
+SCALE_MESSAGES = (1_000_000, 2_000_000, 5_000_000, 10_000_000, 20_000_000)
+_GB = 1e9
+_SCALE_UNITS = {"seconds": "s", "work_seconds": "s", "ray_start_seconds": "s", "warm_seconds": "s",
+                "messages_per_second": "messages/s", "messages_per_second_per_worker": "messages/s", "peak_rss_gb": "GB",
+                "peak_pss_gb": "GB", "peak_process_rss_gb": "GB", "driver_peak_rss_gb": "GB", "ray_baseline_rss_gb": "GB",
+                "graphs": "graphs", "cache_gb": "GB", "cache_mb_per_million_messages": "MB", "raw_gb": "GB",
+                "load_1min": "runnable processes", "stopped": "1 = stopped at the memory limit"}
+
+def _stop_tree(proc: subprocess.Popen, seen: dict[int, float]):
+    "Stop a series at once (it is over the memory limit): kill its driver, then every process its tree was seen to hold."
+    import psutil
+    proc.kill()
+    proc.wait()
+    for pid, created in seen.items():
+        with contextlib.suppress(psutil.Error):
+            p = psutil.Process(pid)
+            if p.create_time() == created: p.kill()  # the same process, not a later one that got its PID
+
+def _run_series(sizes: list[dict], workers: int, work: Path, executor: str, window_size: int, stride: int,
+                interval: float, limit_bytes: float | None, on_case, tries: int = 3) -> str | None:
+    "One worker count's series in a fresh process, its tree's memory sampled from here; `on_case(figures)` per size. The error, if any."
+    out, log = work / "events.jsonl", work / "series.log"
+    out.unlink(missing_ok=True)
+    args = dict(sizes=sizes, workers=workers, scratch=str(work), out=str(out), executor=executor,
+                window_size=window_size, stride=stride)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    code = "import json, sys; from kdgat.bench import scale_series; scale_series(**json.loads(sys.argv[1]))"
+    events, ready, started = [], None, {}
+    def take(tm, final=False):
+        "Read the new events; each finished size becomes figures (its memory: the samples between its start and end)."
+        nonlocal ready
+        lines = out.read_text().splitlines() if out.is_file() else []
+        for line in lines[len(events):]:
+            if not line.endswith("}"): break  # still being written
+            e = json.loads(line)
+            events.append(e)
+            if e["event"] == "ready": ready = e
+            elif e["event"] == "start": started[e["messages"]] = e
+            elif e["event"] == "done":
+                # a sample or two on either side, so that a size quicker than the sampling still has samples
+                pk = tm.peak(e["start"] - 2 * interval, e["done"] + 2 * interval)
+                base = tm.peak(ready["warm"] - 1.0, ready["warm"])
+                on_case({**e, "stopped": False, "load": started[e["messages"]]["load"],
+                         # the driver's exact peak bounds the tree's and the largest process's from below
+                         "peak_rss": max(pk["rss"], e["driver_peak_rss"]), "peak_pss": pk["pss"],
+                         "peak_process_rss": max(pk["process_rss"], e["driver_peak_rss"]), "ray_baseline_rss": base["rss"],
+                         "ray_start_seconds": ready["ray_up"] - ready["started"] if executor == "ray" else 0.0,
+                         "warm_seconds": ready["warm"] - ready["ray_up"]})
+    with open(log, "wb") as lf:
+        proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(args)], stdout=lf, stderr=subprocess.STDOUT, env=env)
+        box = {}
+        tm = TreeMemory(proc.pid, interval, limit_bytes, on_limit=lambda: box.setdefault("stop", True))
+        with tm:
+            while proc.poll() is None:
+                if box.get("stop"):
+                    _stop_tree(proc, tm.pids)
+                    break
+                take(tm)
+                time.sleep(0.5)
+        take(tm)
+    done = {e["messages"] for e in events if e["event"] == "done"}
+    if tm.hit_limit:
+        m = max(started) if started else sizes[0]["messages"]
+        pk = tm.peak(started[m]["time"] if started else 0.0)
+        on_case({"messages": m, "stopped": True, "load": started.get(m, {}).get("load", 0.0), "peak_rss": pk["rss"],
+                 "peak_pss": pk["pss"], "peak_process_rss": pk["process_rss"]})
+        return None
+    if proc.returncode == 0 and done == {s["messages"] for s in sizes}: return None
+    tail = log.read_text(errors="replace")[-3000:]
+    if ready is None and tries > 1 and "timed out during startup" in tail:  # Ray gives its raylet 30 s: an overloaded machine
+        time.sleep(10)
+        return _run_series(sizes, workers, work, executor, window_size, stride, interval, limit_bytes, on_case, tries - 1)
+    return f"bench scale with {workers} worker(s) failed (exit code {proc.returncode}) after {sorted(done)}:\n{tail}"
+
+def _case_rows(m: int, w: int, files: list[Path], file_messages: int, executor: str, r: dict) -> list[dict]:
+    "The figures of one case as rows of the `benchmarks` table."
+    fig = {"load_1min": r["load"], "peak_rss_gb": r["peak_rss"] / _GB, "peak_process_rss_gb": r["peak_process_rss"] / _GB}
+    if r["peak_pss"] is not None: fig["peak_pss_gb"] = r["peak_pss"] / _GB  # none when the size took less than a PSS sample
+    if r["stopped"]: fig["stopped"] = 1.0
+    else:
+        if r["counted"] != m: raise RuntimeError(f"bench scale: asked for {m:,} messages, preprocessing counted {r['counted']:,}")
+        fig.update(seconds=r["seconds"], work_seconds=r["work_seconds"], ray_start_seconds=r["ray_start_seconds"],
+                   warm_seconds=r["warm_seconds"], messages_per_second=m / r["seconds"],
+                   messages_per_second_per_worker=m / r["seconds"] / w, graphs=r["graphs"],
+                   driver_peak_rss_gb=r["driver_peak_rss"] / _GB, ray_baseline_rss_gb=r["ray_baseline_rss"] / _GB,
+                   cache_gb=r["cache_bytes"] / _GB, cache_mb_per_million_messages=r["cache_bytes"] / 1e6 / (m / 1e6),
+                   raw_gb=sum(f.stat().st_size for f in files) / _GB)
+    case = f"messages={m} workers={w}" + ("" if executor == "ray" else f" {executor}")
+    return [{"benchmark": "scale", "case": case, "metric": k, "value": float(v), "unit": _SCALE_UNITS[k], "messages": m,
+             "workers": w, "files": len(files), "file_messages": file_messages, "executor": executor, "dataset": "synthetic"}
+            for k, v in fig.items()]
+
+def bench_scale(messages=SCALE_MESSAGES,  # dataset sizes, in messages
+                workers=(1, 2),  # Ray workers (CPUs of the private Ray instance) per series
+                file_messages: int = 500_000,  # messages per capture file
+                executor: str = "ray",  # "local": in-process, no Ray (workers must be 1)
+                window_size: int = 100, stride: int = 100, seed: int = 0,
+                captures: str | Path | None = None,  # folder of the generated captures (default: under the cache root)
+                memory_limit_gb: float | None = 8.0,  # stop a series whose process tree holds more (summed RSS)
+                interval: float = 0.2,  # seconds between memory samples
+                paths: Paths | None = None,
+                lakehouse=None,  # a `Lakehouse` to write the figures to (None: only returned)
+                bench_id: str | None = None,  # the record's run_id (default: `new_run_id("bench-scale")`)
+                on_case=None,  # called with each case's rows (a DataFrame) as it finishes
+               ) -> pd.DataFrame:
+    "Preprocessing time, peak memory and cache size against dataset size and Ray workers, on synthetic captures."
+    from kdgat.pipeline.runs import new_run_id
+    from kdgat.pipeline.stages import git_revision
+    from kdgat.parallel import available_cpus
+    paths = paths or Paths.from_env()
+    messages, workers = sorted({int(m) for m in messages}), sorted({int(w) for w in workers})
+    if not messages or not workers or min(workers) < 1: raise ValueError("give at least one size and worker counts >= 1")
+    if executor == "local" and workers != [1]: raise ValueError("executor='local' builds in one process: workers must be [1]")
+    folder = Path(captures) if captures else paths.cache_root / "bench" / f"scale-captures-seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    bench_id = bench_id or new_run_id("bench-scale")
+    t0, started = time.perf_counter(), datetime.datetime.now(datetime.timezone.utc)
+    frames, failure = [], None
+    try:
+        files = {m: scale_captures(folder, m, file_messages, seed) for m in messages}  # once, before anything is timed
+        for w in workers:
+            def case(r, w=w):
+                rows = pd.DataFrame(_case_rows(r["messages"], w, files[r["messages"]], file_messages, executor, r))
+                frames.append(rows)
+                if on_case: on_case(rows)
+            work = Path(tempfile.mkdtemp(prefix="scale-series-", dir=paths.cache_root / "bench"))
+            try: error = _run_series([{"messages": m, "files": [str(f) for f in files[m]]} for m in messages], w, work,
+                                     executor, window_size, stride, interval,
+                                     memory_limit_gb * _GB if memory_limit_gb else None, case)
+            finally: shutil.rmtree(work, ignore_errors=True)
+            if error: raise RuntimeError(error)
+    except BaseException as e:
+        failure = f"{type(e).__name__}: {e}"[:2000]
+        raise
+    finally:
+        df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["benchmark", "case", "metric", "value", "unit"])
+        if lakehouse is not None and len(df):
+            lakehouse.write_stage({"run_id": bench_id, "stage": "bench/scale", "stage_kind": "bench", "dataset": "synthetic",
+                                   "success": failure is None, "failure_reason": failure, "git_rev": git_revision(),
+                                   "started_at": started, "finished_at": datetime.datetime.now(datetime.timezone.utc),
+                                   "seconds": time.perf_counter() - t0,
+                                   "params": {"messages": messages, "workers": workers, "file_messages": file_messages,
+                                              "executor": executor, "window_size": window_size, "stride": stride, "seed": seed,
+                                              "memory_limit_gb": memory_limit_gb, "interval": interval, "cpus": available_cpus(),
+                                              "captures": str(folder)},
+                                   "metrics": {"cases": int(df.case.nunique()),
+                                               "stopped": sorted({c for c, m in zip(df.case, df.metric) if m == "stopped"})}},
+                                  tables={"benchmarks": df})
+    df.attrs["bench_id"] = bench_id
+    return df
+
+# %% ../nbs/cli/80_bench.ipynb #5ca1e00e
+def scale_figures(lakehouse, bench_id: str | None = None) -> pd.DataFrame:
+    "One `bench scale` from the lakehouse (default: the newest): a row per case, a column per metric."
+    from kdgat.config import ConfigError
+    df = lakehouse.query("select * from benchmarks where benchmark = 'scale'")
+    if not len(df): raise ConfigError(f"no `kdgat bench scale` figures in the lakehouse {lakehouse.root}: run `kdgat bench scale` first")
+    if not bench_id:  # the newest bench that finished (ids start with their UTC time), else the newest
+        ok = lakehouse.query("select run_id from latest_stages where stage = 'bench/scale' and success").run_id
+        bench_id = max(set(ok) & set(df.run_id), default=max(df.run_id))
+    if bench_id not in set(df.run_id):
+        raise ConfigError(f"no `kdgat bench scale` figures with id {bench_id!r}; there are {sorted(set(df.run_id))}")
+    df = df[df.run_id == bench_id]
+    wide = df.pivot_table(index=["messages", "workers", "files", "file_messages"], columns="metric", values="value").reset_index()
+    wide.columns.name = None
+    if "stopped" not in wide: wide["stopped"] = 0.0
+    wide["stopped"] = wide["stopped"].fillna(0.0)
+    rec = lakehouse.query(f"select git_rev, params, seconds from latest_stages where run_id = '{bench_id}' and stage = 'bench/scale'")
+    params = json.loads(rec.params.iloc[0]) if len(rec) and isinstance(rec.params.iloc[0], str) else {}
+    wide.attrs.update(bench_id=bench_id, git_rev=rec.git_rev.iloc[0] if len(rec) else "?", params=params)
+    return wide.sort_values(["messages", "workers"]).reset_index(drop=True)
+
+def scale_line(rows: pd.DataFrame) -> str:
+    "One case's figures in one line."
+    f = dict(zip(rows.metric, rows.value))
+    head = rows.case.iloc[0]
+    pss = f"PSS {f['peak_pss_gb']:.2f}, " if "peak_pss_gb" in f else ""
+    mem = f"peak {f['peak_rss_gb']:.2f} GB ({pss}largest process {f['peak_process_rss_gb']:.2f})"
+    if f.get("stopped"): return f"{head}: STOPPED at the memory limit, {mem}"
+    ray = f"; Ray start {f['ray_start_seconds']:.1f} s" if f["ray_start_seconds"] else ""
+    return (f"{head}: {f['seconds']:.1f} s ({f['messages_per_second_per_worker'] / 1e6:.2f} M messages/s per worker{ray}), {mem}, cache {f['cache_mb_per_million_messages']:.0f} MB per M messages, "
+            f"load {f['load_1min']:.1f}")
+
+# %% ../nbs/cli/80_bench.ipynb #5ca1e010
+CTT_MESSAGES = 192_000_000  # can-train-and-test, all four sets (Lampe & Meng 2023)
+
+def scale_estimate(source, messages: int = CTT_MESSAGES,
+                   bench_id: str | None = None) -> dict:
+    "Preprocessing core-hours, wall hours per worker count, cache and raw storage for `messages`, from a bench's figures."
+    wide = source if isinstance(source, pd.DataFrame) else scale_figures(source, bench_id)
+    ok = wide[wide.stopped != 1]
+    if not len(ok): raise ValueError("no finished case to extrapolate from (every case was stopped)")
+    fits = {}
+    for w, g in ok.groupby("workers"):
+        if g.messages.nunique() >= 2: slope, icpt = np.polyfit(g.messages.astype(float), g.seconds.astype(float), 1)
+        else: slope, icpt = float((g.seconds / g.messages).mean()), 0.0
+        fits[int(w)] = (float(slope), float(icpt))
+    w0 = min(fits)  # the fewest workers: their wall time is closest to CPU time
+    base = ok[ok.workers == w0]
+    core_s = fits[w0][0] * w0  # seconds of one core per message
+    wall = {w: (s * messages + i) / 3600 for w, (s, i) in fits.items()}
+    largest = ok[ok.messages == ok.messages.max()]
+    return {"bench_id": wide.attrs.get("bench_id"), "messages": int(messages),
+            "core_hours": core_s * messages / 3600, "seconds_per_million_messages_per_core": core_s * 1e6,
+            "messages_per_second_per_core": 1 / core_s,
+            "wall_hours": wall, "speedup": {w: wall[w0] / h for w, h in wall.items()},
+            "cache_gb": float(base.cache_gb.sum() / base.messages.sum() * messages),
+            "cache_mb_per_million_messages": float(base.cache_gb.sum() * 1e3 / (base.messages.sum() / 1e6)),
+            "raw_gb": float(base.raw_gb.sum() / base.messages.sum() * messages),
+            "peak_process_rss_gb": float(ok.peak_process_rss_gb.max()),
+            "peak_rss_gb_largest": {int(r.workers): float(r.peak_rss_gb) for r in largest.itertuples()},
+            "file_messages": int(wide.file_messages.max()), "sizes": sorted(int(m) for m in ok.messages.unique()),
+            "fit": {w: {"seconds_per_message": s, "intercept_s": i} for w, (s, i) in fits.items()}}
+
+# %% ../nbs/cli/80_bench.ipynb #5ca1e012
+def scale_markdown(lakehouse, bench_id: str | None = None,
+                   estimate_messages: int | None = CTT_MESSAGES,  # None: no extrapolation line
+                  ) -> str:
+    "The README's scale section of one `bench scale` (default: the newest), read from the lakehouse."
+    wide = scale_figures(lakehouse, bench_id)
+    p = wide.attrs["params"]
+    ws = sorted(int(w) for w in wide.workers.unique())
+    wn = lambda w: f"{w} worker{'s' if w > 1 else ''}"
+    cells = {(int(r.messages), int(r.workers)): r for r in wide.itertuples()}
+    ray = wide.ray_start_seconds.dropna() if "ray_start_seconds" in wide else pd.Series(dtype=float)
+    ray = ray[ray > 0]  # in-process cases start no Ray
+    limit = p.get("memory_limit_gb")
+    head = (f"Printed by `kdgat bench scale --readme nbs/index.ipynb` from the lakehouse: bench `{wide.attrs['bench_id']}` "
+            f"(commit `{wide.attrs['git_rev']}`, {p.get('cpus', '?')} CPUs), synthetic hcrl_sa-style CSV captures of "
+            f"{int(wide.file_messages.max()):,} messages per file, window {p.get('window_size', '?')}, stride "
+            f"{p.get('stride', '?')}; each worker count a fresh process with its own Ray, each size a fresh cache. Seconds: "
+            f"`preprocess_dataset` with Ray started and its workers warm" +
+            (f" (Ray's start took {ray.min():.0f}-{ray.max():.0f} s more, once per run)" if len(ray) else "") +
+            ". Peak memory: the summed resident memory of the driver and every process it started (Ray's GCS, raylet, "
+            "agents and workers), sampled every "
+            f"{p.get('interval', 0.2):g} s; in brackets the PSS, which counts shared pages once. Per core: messages / "
+            "seconds / workers.")
+    cols = ["messages", "files", *[f"{wn(w)}: s" for w in ws], *[f"{wn(w)}: peak GB" for w in ws],
+            *[f"speed-up {wn(w)}" for w in ws if w != ws[0]], *[f"M messages/s per core, {wn(w)}" for w in ws],
+            "graph cache, MB per M messages"]
+    lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for m in sorted({k[0] for k in cells}):
+        row = [f"{m / 1e6:g} M", f"{int(next(cells[k].files for k in cells if k[0] == m)):,}"]
+        got = {w: cells.get((m, w)) for w in ws}
+        done = {w: r for w, r in got.items() if r is not None and not r.stopped}
+        row += [f"{done[w].seconds:.1f}" if w in done else ("stopped" if got[w] is not None else "") for w in ws]
+        row += [f"{got[w].peak_rss_gb:.2f}" + ("" if pd.isna(getattr(got[w], "peak_pss_gb", None)) else f" ({got[w].peak_pss_gb:.2f})")
+                + (f" (over {limit:g} GB: stopped)" if got[w].stopped else "")
+                if got[w] is not None else "" for w in ws]
+        row += [f"{done[ws[0]].seconds / done[w].seconds:.2f}x" if ws[0] in done and w in done else "" for w in ws if w != ws[0]]
+        row += [f"{done[w].messages_per_second_per_worker / 1e6:.2f}" if w in done else "" for w in ws]
+        row += [f"{done[ws[0]].cache_mb_per_million_messages:.0f}" if ws[0] in done else ""]
+        lines.append("| " + " | ".join(row) + " |")
+    if estimate_messages:
+        e = scale_estimate(wide, estimate_messages)
+        walls = ", ".join(f"{h:.2f} h with {wn(w)}" for w, h in sorted(e["wall_hours"].items()))
+        lines += ["", f"Extrapolated by `scale_estimate` to {e['messages'] / 1e6:g} M messages (the whole can-train-and-test "
+                  f"collection), a straight line fitted to seconds against messages per worker count: "
+                  f"{e['core_hours']:.2f} core-hours of preprocessing ({e['messages_per_second_per_core'] / 1e6:.2f} M messages/s "
+                  f"per core), that is {walls} at the speed measured here; {e['cache_gb']:.1f} GB of graph cache "
+                  f"({e['cache_mb_per_million_messages']:.0f} MB per million messages) beside {e['raw_gb']:.1f} GB of CSV captures; "
+                  f"one worker holds at most {e['peak_process_rss_gb']:.2f} GB, set by the file size "
+                  f"({e['file_messages']:,} messages), not by the total."]
     return "\n".join(lines) + "\n"

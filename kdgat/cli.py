@@ -11,9 +11,9 @@ from .config import (CALIBRATIONS, MODELS, STAGE_VARIANTS, VARIANTS, ConfigError
 from .data.schema import InputError
 
 # %% auto #0
-__all__ = ['cmd_run', 'cmd_demo', 'cmd_evaluate', 'cmd_status', 'cmd_site', 'cmd_stage', 'cmd_query', 'cmd_clean', 'cmd_sync',
-           'cmd_preprocess', 'cmd_inspect', 'cmd_synth', 'cmd_datasets', 'cmd_config', 'cmd_bench', 'build_parser',
-           'main']
+__all__ = ['cmd_run', 'cmd_demo', 'cmd_evaluate', 'cmd_status', 'cmd_site', 'cmd_stage', 'cmd_slurm', 'cmd_query', 'cmd_clean',
+           'cmd_sync', 'cmd_preprocess', 'cmd_inspect', 'cmd_synth', 'cmd_datasets', 'cmd_config', 'cmd_bench',
+           'cmd_kernel', 'cmd_tune', 'build_parser', 'main']
 
 # %% ../nbs/cli/90_cli.ipynb #f8ded1d1
 def _config(args):
@@ -159,10 +159,12 @@ def cmd_status(args) -> int:
     else:
         meta = run.meta()
         state = "complete" if run.is_complete else ("running" if lock_owner(run.path) else "interrupted (resume with `kdgat run --resume`)")
+        if not run.is_complete and (run.path / "slurm.json").is_file(): state = "submitted to SLURM, not finished (jobs below)"
         print(f"run {run.run_id}: {state}; git {meta.get('git_rev')}; datasets {meta.get('datasets')}; seeds {meta.get('seeds')}")
         print(st.drop(columns=["reason"]).to_string(index=False))
         for r in st[st.reason.notna()].itertuples(): print(f"{r.status}: {r.stage}: {r.reason}")
         print(", ".join(f"{n} {k}" for k, n in st.status.value_counts().items()))
+        if (run.path / "slurm.json").is_file(): _print_slurm_status(run.path)
     if (st.status.isin(["failed", "skipped"])).any(): return 4
     return 0 if run.is_complete else 5
 
@@ -202,6 +204,50 @@ def cmd_stage(args) -> int:
     r = execute_stage(ref, run_dir, cfg, config_path, ups, lake)
     print(f"{r.status}: {ref.key} in {r.seconds:.1f} s{'  ' + r.reason if r.reason else ''}\nfolder: {run_dir / ref.key}")
     return 0 if r.ok else 4
+
+# %% ../nbs/cli/90_cli.ipynb #5e1a0002
+def _print_slurm_status(run_dir: Path):
+    "sacct's view of a submitted run's jobs, one row per stage (array tasks as <job>_<task>)."
+    from kdgat.pipeline.slurm import slurm_status
+    st = slurm_status(run_dir)
+    print(f"\nSLURM jobs (sacct):\n{st.to_string(index=False) if len(st) else '(none submitted)'}")
+
+def _wait_for(job_id: str, poll: float = 5.0):
+    "Until SLURM no longer lists the job as pending or running."
+    import subprocess, time
+    while True:
+        r = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+        if r.returncode != 0 or not r.stdout.strip(): return
+        time.sleep(poll)
+
+def cmd_slurm(args) -> int:
+    "Submit a run's DAG as sbatch jobs; or (inside a job) run one stage, or finish the run."
+    import shlex
+    from kdgat.pipeline import slurm
+    if args.action == "job":
+        index = args.index if args.index is not None else None
+        return 0 if slurm.run_job(args.run, args.stages, index).ok else 1
+    if args.action == "finish":
+        slurm.finish_run(args.run)  # the finishing job succeeded when it wrote the outcome, whatever the outcome
+        return 0
+    cfg = _pipeline_config(args)
+    datasets = args.dataset or [cfg.dataset.name]
+    run_dir = _run_path(args.resume) if args.resume else None
+    command = " ".join(["kdgat", *(sys.argv[1:] if Path(sys.argv[0]).name == "kdgat" else [])])
+    sub = slurm.submit_run(cfg, datasets, run_dir, tag=args.tag or "-".join(datasets), command=command, dry_run=args.dry_run)
+    if args.dry_run:
+        print(f"{len(sub.jobs)} jobs and a finishing job for run folder {sub.run_dir}:")
+        for c in sub.commands: print(shlex.join(c))
+        return 0
+    print(f"kdgat slurm submit: {len(sub.jobs)} jobs ({sum(len(j.stages) for j in sub.jobs)} stages) and finishing job "
+          f"{sub.finish_id}\nrun folder: {sub.run_dir}\njob ids: {sub.run_dir / 'slurm.json'}")
+    for j in sub.jobs: print(f"  {j.job_id:>8}  {j.name}{' (array of ' + str(len(j.stages)) + ')' if j.array else ''}")
+    if not args.wait:
+        print(f"\nnext:\n  kdgat status {sub.run_dir.name}\n  kdgat evaluate {sub.run_dir.name}   (when it is complete)")
+        return 0
+    _wait_for(sub.finish_id)
+    ns = argparse.Namespace(run=str(sub.run_dir), json=False)
+    return cmd_status(ns)
 
 # %% ../nbs/cli/90_cli.ipynb #9263ec9c
 def cmd_query(args) -> int:
@@ -311,9 +357,12 @@ def cmd_config(args) -> int:
 def cmd_bench(args) -> int:
     "Benchmark figures: preprocessing, inference of a run's models, or a run's orchestration overhead."
     from kdgat.bench import bench_infer, bench_preprocess, bench_preprocess_dataset
+    if args.what == "scale": return _bench_scale(args)
     if args.what == "pipeline":
-        from kdgat.pipeline.dag import orchestration_overhead
+        from kdgat.lakehouse.records import Lakehouse
+        from kdgat.pipeline.dag import orchestration_overhead, record_overhead
         r = orchestration_overhead(_run_path(args.run))
+        record_overhead(r, Lakehouse.from_config())  # also in the lakehouse `benchmarks` table (benchmark 'pipeline')
     elif args.what == "infer":
         from kdgat.bench import infer_markdown
         r = bench_infer(_run_path(args.run), compile=args.compile, pattern=args.models)
@@ -331,6 +380,80 @@ def cmd_bench(args) -> int:
     else:
         for k, v in r.items(): print(f"{k:>28}: {v:,}" if isinstance(v, (int, float)) else f"{k:>28}: {v}")
     return 0
+
+# %% ../nbs/cli/90_cli.ipynb #h4kern02
+def cmd_kernel(args) -> int:
+    "Install the Jupyter kernel that runs this Python with the settings kdgat reads."
+    from kdgat.kernel import install_kernel, kernel_env
+    env = kernel_env(args.env)
+    folder = install_kernel(args.name, args.display_name, env, user=args.user,
+                            prefix=sys.prefix if args.sys_prefix else args.prefix)
+    print(f"kernel {args.name} ({args.display_name}): {sys.executable}\nkernelspec: {folder}")
+    for k, v in env.items(): print(f"  {k}={v}")
+    return 0
+
+# %% ../nbs/cli/90_cli.ipynb #5ca1ec02
+def _count(text: str) -> int:
+    "A message count: 200000, 200k, 5M, 1.5e6."
+    import re
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([kKmM]?)\s*", text)
+    if not m: raise argparse.ArgumentTypeError(f"expected a number of messages like 200000, 200k or 5M, got {text!r}")
+    return int(float(m.group(1)) * {"": 1, "k": 10**3, "m": 10**6}[m.group(2).lower()])
+
+def _bench_scale(args) -> int:
+    "kdgat bench scale: measure (figures to the lakehouse), or write the newest measurement into a README notebook."
+    from kdgat.bench import SCALE_MESSAGES, bench_scale, scale_line, scale_markdown
+    from kdgat.lakehouse.records import Lakehouse
+    lake = Lakehouse.from_config()
+    if args.readme:  # the README's scale section, from the lakehouse, never copied by hand
+        md = scale_markdown(lake, args.run)
+        _replace_generated_cell(Path(args.readme), "<!-- bench:scale -->", md)
+        print(f"{args.readme}: scale figures of bench {md.split('bench `', 1)[1].split('`', 1)[0]}")
+        return 0
+    df = bench_scale(args.messages or SCALE_MESSAGES, args.workers or (1, 2), file_messages=args.file_messages,
+                     executor=args.executor or "ray", window_size=args.window_size or 100, stride=args.stride or 100,
+                     captures=args.captures, memory_limit_gb=args.memory_limit_gb or None, lakehouse=lake,
+                     on_case=None if args.json else lambda rows: print(scale_line(rows), flush=True))
+    if args.json: print(df.to_json(orient="records"))
+    else: print(f"\nbench {df.attrs['bench_id']} (lakehouse {lake.root})\n\n{scale_markdown(lake, df.attrs['bench_id'])}")
+    return 0
+
+# %% ../nbs/cli/90_cli.ipynb #7e3a1b01
+def cmd_tune(args) -> int:
+    "Hyper-parameter search of one model and variant on one dataset (Optuna + ASHA on Ray); writes the best as a config."
+    from kdgat.pipeline.tune import tune_markdown, tune_model
+    if args.summary:  # a finished search from the lakehouse (and runs of its settings), e.g. into the README
+        from kdgat.lakehouse.records import Lakehouse
+        runs = dict(c.split("=", 1) if "=" in c else (c, c) for c in args.compare or [])
+        lake = Lakehouse.from_config()
+        md = tune_markdown(lake, args.summary, runs)
+        if not args.readme:
+            print(md)
+            return 0
+        ds = lake.query(f"select distinct dataset from trials where run_id = '{args.summary}'").dataset[0]
+        _replace_generated_cell(Path(args.readme), f"<!-- tune:{ds} -->", md)
+        print(f"{args.readme}: search {args.summary}" + (f" and runs {', '.join(runs.values())}" if runs else ""))
+        return 0
+    args.set = [*(args.set or []), *([f"tune.num_samples={args.samples}"] if args.samples is not None else []),
+                *([f"training.max_epochs={args.max_epochs}"] if args.max_epochs is not None else [])]
+    cfg = _config(args)
+    dataset = args.dataset or cfg.dataset.name
+    r = tune_model(cfg, dataset, args.model, args.variant, seed=args.seed, out=args.out, address=args.address)
+    t = r.trials
+    n = t.status.value_counts().to_dict()
+    print(f"\n{len(t)} trials in {r.seconds:.0f} s: {n.get('completed', 0)} completed, {n.get('stopped', 0)} stopped early "
+          f"by ASHA, {n.get('error', 0)} failed")
+    for e in t[t.status == "error"].itertuples(): print(f"  failed: trial {e.trial_id}: {e.error}")
+    if not r.best_settings:
+        print(f"no trial reported {r.metric}; nothing to write")
+        return 4
+    b = t[t.is_best].iloc[0]
+    print(f"best: trial {b.trial_id}, {r.metric} {r.best_value:.6g} ({r.mode}) after {b.epochs} epoch(s)")
+    for k, v in r.best_settings.items(): print(f"  {k}: {v:.6g}" if isinstance(v, float) else f"  {k}: {v}")
+    print(f"best configuration: {r.best_yaml}\ntune folder: {r.folder}\n\nnext:\n"
+          f"  kdgat run --config {r.best_yaml} --dataset {dataset}\n"
+          f"  kdgat query \"select trial_id, status, epochs, best_value, config from trials where run_id = '{r.tune_id}'\"")
+    return 0 if r.ok else 4
 
 # %% ../nbs/cli/90_cli.ipynb #02b523f8
 def _common(sp, prep: bool = True):
@@ -398,6 +521,33 @@ def _pipeline_parsers(sub):
     sp.add_argument("run", nargs="?", help="run id or folder")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_status)
+    sp = sub.add_parser("slurm", help="the DAG as SLURM jobs: `kdgat slurm submit` (with kdgat run's options)")
+    acts = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = acts.add_parser("submit", help="submit the run's stages as sbatch jobs chained by dependencies, and a finishing job")
+    _pipeline_options(a)
+    a.add_argument("--dataset", nargs="+", help="catalog name(s) (default: dataset.name of the config, synthetic)")
+    a.add_argument("--wait", action="store_true", help="wait for the finishing job, then print kdgat status")
+    a = acts.add_parser("job", help="(inside a job) run one stage of a submitted run")
+    a.add_argument("--run", required=True)
+    a.add_argument("--stages", nargs="+", required=True, help="the job's stage keys (an array task runs --index)")
+    a.add_argument("--index", type=int)
+    a = acts.add_parser("finish", help="(inside the finishing job) reconcile with sacct, write the report and _COMPLETE.json")
+    a.add_argument("--run", required=True)
+    sp.set_defaults(fn=cmd_slurm)
+    sp = sub.add_parser("tune", help="hyper-parameter search of one model (Optuna + ASHA on Ray) -> best.yaml for kdgat run")
+    _common(sp, prep=False)
+    sp.add_argument("--dataset", help="catalog name (default: dataset.name of the config)")
+    sp.add_argument("--model", default="gat", help="gat or vgae (default gat)")
+    sp.add_argument("--variant", default="small", help="small or large (default small)")
+    sp.add_argument("--samples", type=int, help="trials (default: tune.num_samples)")
+    sp.add_argument("--max-epochs", dest="max_epochs", type=int, help="epochs per trial, ASHA's max_t (default: training.max_epochs)")
+    sp.add_argument("--seed", type=int, help="trains every trial and seeds Optuna's sampler (default: training.seed)")
+    sp.add_argument("--summary", metavar="TUNE_ID", help="search nothing: sum up this finished search from the lakehouse")
+    sp.add_argument("--compare", action="append", metavar="LABEL=RUN", help="with --summary: held-out F1 of the tuned model in this run")
+    sp.add_argument("--readme", help="with --summary: write it into the notebook's `<!-- tune:<dataset> -->` cell")
+    sp.add_argument("--out", type=Path, help="where to write the best configuration (default: <storage>/<tune id>/best.yaml)")
+    sp.add_argument("--address", help="join this Ray cluster (default: pipeline.ray_address, else a private local one)")
+    sp.set_defaults(fn=cmd_tune)
 
 # %% ../nbs/cli/90_cli.ipynb #350a9a87
 def _lakehouse_parsers(sub):
@@ -444,7 +594,7 @@ def _data_parsers(sub):
     _common(sp, prep=False)
     sp.set_defaults(fn=cmd_config)
     sp = sub.add_parser("bench", help="print benchmark figures")
-    sp.add_argument("what", choices=["preprocess", "infer", "pipeline"])
+    sp.add_argument("what", choices=["preprocess", "infer", "pipeline", "scale"])
     sp.add_argument("--input", type=Path, help="one raw capture")
     sp.add_argument("--run", help="bench infer / bench pipeline: a run id or folder (default: the newest)")
     sp.add_argument("--compile", action="store_true", help="bench infer: also time torch.compile'd models")
@@ -457,8 +607,28 @@ def _data_parsers(sub):
     sp.add_argument("--no-validate", action="store_true", help="leave out the Pandera check")
     sp.add_argument("--lenient", action="store_true", help="quarantine bad rows instead of stopping (counted by label)")
     sp.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    sp.add_argument("--readme", metavar="NOTEBOOK", help="bench infer: write the table into NOTEBOOK's `<!-- bench:infer:<dataset> -->` cell")
+    sp.add_argument("--readme", metavar="NOTEBOOK", help="bench infer: write the table into NOTEBOOK's `<!-- bench:infer:<dataset> -->` cell; "
+                    "bench scale: the newest bench's table (or --run BENCH_ID's) into its `<!-- bench:scale -->` cell, measuring nothing")
+    sp.add_argument("--messages", type=_count, nargs="+", help="bench scale: dataset sizes (default 1M 2M 5M 10M 20M)")
+    sp.add_argument("--workers", type=int, nargs="+", help="bench scale: Ray workers per case (default 1 2)")
+    sp.add_argument("--file-messages", dest="file_messages", type=_count, default=500_000, help="bench scale: messages per capture file")
+    sp.add_argument("--captures", type=Path, help="bench scale: folder for the generated captures (default: under the cache root)")
+    sp.add_argument("--memory-limit-gb", dest="memory_limit_gb", type=float, default=8.0,
+                    help="bench scale: stop a case whose processes hold more (0: no limit)")
     sp.set_defaults(fn=cmd_bench)
+    sp = sub.add_parser("kernel", help="the Jupyter kernel `kdgat` that runs this Python (JupyterLab, OnDemand)")
+    ksub = sp.add_subparsers(dest="kernel_command", required=True, metavar="ACTION")
+    sp = ksub.add_parser("install", help="install (or replace) the kernelspec")
+    sp.add_argument("--name", default="kdgat", help="kernel name (default kdgat)")
+    sp.add_argument("--display-name", dest="display_name", default="Python (kdgat)", help="name shown in JupyterLab")
+    where = sp.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="for every Jupyter of this user (~/.local/share/jupyter)")
+    where.add_argument("--sys-prefix", dest="sys_prefix", action="store_true",
+                       help="into this environment (the default inside a virtual environment)")
+    where.add_argument("--prefix", type=Path, help="into DIR/share/jupyter/kernels (put DIR/share/jupyter on JUPYTER_PATH)")
+    sp.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                    help="also set NAME in the kernel (bare NAME: its value now); KD_GAT_DATA_ROOT etc. are recorded when set")
+    sp.set_defaults(fn=cmd_kernel)
 
 # %% ../nbs/cli/90_cli.ipynb #1725c665
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import contextlib, os
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 # %% auto #0
-__all__ = ['available_cpus', 'ray_session', 'map_tasks']
+__all__ = ['RAY_START_ATTEMPTS', 'available_cpus', 'ray_session', 'map_tasks']
 
 # %% ../nbs/core/02_parallel.ipynb #33423ffb
 def available_cpus() -> int:
@@ -16,6 +16,25 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 # %% ../nbs/core/02_parallel.ipynb #b1db8fc6
+RAY_START_ATTEMPTS = 3
+
+def _start_local_ray(ray, num_cpus: int, object_store_mb: int, attempts: int = RAY_START_ATTEMPTS):
+    "`ray.init` of a private instance, tried again when Ray's fixed 30 s wait for its raylet runs out (an overloaded machine)."
+    import psutil
+    for attempt in range(1, attempts + 1):
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=object_store_mb * 2**20, logging_level="ERROR", configure_logging=False)
+            return
+        except Exception as e:
+            if "timed out during startup" not in str(e) or attempt == attempts: raise
+            # what this attempt started (GCS, raylet) is ours: stop exactly those processes, then start afresh
+            with contextlib.suppress(Exception): ray.shutdown()
+            for p in psutil.Process().children(recursive=True):
+                if p.pid not in before:
+                    with contextlib.suppress(psutil.Error): p.kill()
+
 @contextlib.contextmanager
 def ray_session(num_cpus: int | None = None,  # CPUs for a new local instance (default: `available_cpus()`)
                 object_store_mb: int = 256,  # object store of a new instance: tasks here pass small results
@@ -33,8 +52,7 @@ def ray_session(num_cpus: int | None = None,  # CPUs for a new local instance (d
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private loopback instance; see DESIGN.md
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=num_cpus or available_cpus(), include_dashboard=False, log_to_driver=False,
-             object_store_memory=object_store_mb * 2**20, logging_level="ERROR", configure_logging=False)
+    _start_local_ray(ray, num_cpus or available_cpus(), object_store_mb)
     try: yield ray
     finally: ray.shutdown()
 

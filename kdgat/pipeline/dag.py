@@ -15,13 +15,15 @@ from ..files import atomic_write
 from ..lakehouse.records import Lakehouse
 from ..lakehouse.tracking import log_stage
 from ..parallel import available_cpus, ray_session
+from .kernels import KernelPool, execute_in, process_pool, stage_imports
 from .runs import RunFolder, new_run_id
 from .stages import (METRICS, PARAMS, RUNNER_ENV, StageRef, build_dag, clear_stage, complete_stage,
-                                   fail_stage, is_complete, read_marker, run_dag, stage_dir, stage_hash, training_curve)
+                                   current_node, fail_stage, is_complete, read_marker, run_dag, stage_dir, stage_hash,
+                                   training_curve)
 
 # %% auto #0
 __all__ = ['STAGES_DIR_ENV', 'stages_dir', 'StageResult', 'execute_stage', 'RunResult', 'describe_dag', 'run_pipeline',
-           'orchestration_overhead']
+           'orchestration_overhead', 'overhead_rows', 'record_overhead']
 
 # %% ../../nbs/pipeline/62_dag.ipynb #18623514
 STAGES_DIR_ENV = "KD_GAT_STAGES_DIR"
@@ -46,6 +48,11 @@ class StageResult:
     seconds: float = 0.0  # wall time of the task, papermill and kernel included
     work_seconds: float = 0.0  # the stage's own work (from its metrics.json)
     attempts: int = 0
+    node: str = ""  # the Ray node that ran it (`kdgat.pipeline.stages.current_node`; the host outside Ray)
+    kernel_seconds: float = 0.0  # waiting for a kernel from the pool (0: papermill started its own, inside notebook time)
+    notebook_seconds: float = 0.0  # papermill, from the notebook read to the executed notebook written
+    track_seconds: float = 0.0  # W&B tracking
+    record_seconds: float = 0.0  # the lakehouse record and the completion marker
 
     @property
     def ok(self) -> bool: return self.status in ("success", "reused")
@@ -84,49 +91,67 @@ def _track(ref: StageRef, cfg: KDGATConfig, sdir: Path, run_id: str, h: str, sta
 
 # %% ../../nbs/pipeline/62_dag.ipynb #b4ec6c40
 def execute_stage(ref: StageRef, run_dir: Path, cfg: KDGATConfig, config_path: Path, upstream: Sequence[StageResult],
-                  lakehouse: Lakehouse | None = None, kernel_name: str | None = None) -> StageResult:
-    "Run one stage notebook with papermill into its folder, unless upstream failed or it is already complete."
+                  lakehouse: Lakehouse | None = None, kernel_name: str | None = None,
+                  kernels: KernelPool | None = None) -> StageResult:
+    "Run one stage notebook with papermill into its folder (in a fresh kernel of `kernels` if given), unless upstream failed or it is complete."
     import papermill as pm
-    t0, started, sdir = time.perf_counter(), time.time(), stage_dir(run_dir, ref)
+    t0, started, sdir, node = time.perf_counter(), time.time(), stage_dir(run_dir, ref), current_node()
     lakehouse = lakehouse or Lakehouse.from_config(cfg)
     bad = [u for u in upstream if not u.ok]
     if bad:
         reason = f"upstream stage {bad[0].key} {bad[0].status}"
         sdir.mkdir(parents=True, exist_ok=True)
         fail_stage(ref, run_dir, "", started, reason, status="skipped", lakehouse=lakehouse)
-        return StageResult(ref.key, "skipped", reason=reason)
+        return StageResult(ref.key, "skipped", reason=reason, node=node)
     h = stage_hash(ref, cfg, [u.hash for u in upstream])
-    if is_complete(sdir, h): return StageResult(ref.key, "reused", h, seconds=0.0, work_seconds=_work_seconds(sdir))
+    if is_complete(sdir, h): return StageResult(ref.key, "reused", h, seconds=0.0, work_seconds=_work_seconds(sdir), node=node)
     params = {**ref.params(), "run_dir": str(run_dir), "config": str(config_path), "overrides": []}
     threads = max(int(cfg.pipeline.cpus_per_stage), 1)
     os.environ.update({RUNNER_ENV: "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                        # a stage notebook is the stage's log: its figures stay interactive, without a PNG copy (a Chromium
                        # start per stage); the site and the paper make the static images when asked to
                        "KD_GAT_STATIC_FIGURES": os.environ.get("KD_GAT_STATIC_FIGURES", "0")})
+    kernel_name = kernel_name or cfg.pipeline.kernel_name
+    if kernels is not None and kernels.kernel_name != kernel_name: kernels = None  # a pool of another kernel: papermill's own
+    times = dict(kernel_seconds=0.0, notebook_seconds=0.0, track_seconds=0.0, record_seconds=0.0)
+    def timed(part: str, fn, *args, **kw):
+        t = time.perf_counter()
+        try: return fn(*args, **kw)
+        finally: times[part] = round(times[part] + time.perf_counter() - t, 3)
     reason, attempts = None, 0
     for attempt in range(1, cfg.pipeline.retries + 2):
         attempts, started = attempt, time.time()
         clear_stage(sdir)
         atomic_write(sdir / PARAMS, json.dumps(params, indent=1))  # JSON is YAML: papermill's `-f params.yaml` reads it
+        run_nb = dict(parameters=params, kernel_name=kernel_name, language="python", progress_bar=False, log_output=False,
+                      execution_timeout=cfg.pipeline.stage_timeout)
+        src, out = str(stages_dir() / f"{ref.kind}.ipynb"), str(sdir / f"{ref.kind}.ipynb")
+        t_nb, failure = time.perf_counter(), None
         try:
-            pm.execute_notebook(str(stages_dir() / f"{ref.kind}.ipynb"), str(sdir / f"{ref.kind}.ipynb"), parameters=params,
-                                kernel_name=kernel_name or cfg.pipeline.kernel_name, language="python", progress_bar=False,
-                                log_output=False, cwd=str(sdir), execution_timeout=cfg.pipeline.stage_timeout)
-        except Exception as e:
-            reason = _failure_reason(e)
-            fail_stage(ref, run_dir, h, started, reason, lakehouse=lakehouse, attempt=attempt)
-            _track(ref, cfg, sdir, run_dir.name, h, "failed")
-            if not _retryable(e): break
+            if kernels is None: pm.execute_notebook(src, out, cwd=str(sdir), **run_nb)
+            else: execute_in(kernels, src, out, sdir, **run_nb)
+        except Exception as e: failure = e
+        took = kernels.last_take_seconds if kernels is not None else 0.0
+        times["kernel_seconds"] = round(times["kernel_seconds"] + took, 3)
+        times["notebook_seconds"] = round(times["notebook_seconds"] + time.perf_counter() - t_nb - took, 3)
+        if failure is not None:
+            reason = _failure_reason(failure)
+            timed("record_seconds", fail_stage, ref, run_dir, h, started, reason, lakehouse=lakehouse, attempt=attempt)
+            timed("track_seconds", _track, ref, cfg, sdir, run_dir.name, h, "failed")
+            if not _retryable(failure): break
             continue
-        _track(ref, cfg, sdir, run_dir.name, h, "success")
-        complete_stage(ref, run_dir, h, started, lakehouse, attempt)
-        return StageResult(ref.key, "success", h, None, round(time.perf_counter() - t0, 3), _work_seconds(sdir), attempts)
-    return StageResult(ref.key, "failed", h, reason, round(time.perf_counter() - t0, 3), _work_seconds(sdir), attempts)
+        timed("track_seconds", _track, ref, cfg, sdir, run_dir.name, h, "success")
+        timed("record_seconds", complete_stage, ref, run_dir, h, started, lakehouse, attempt)
+        return StageResult(ref.key, "success", h, None, round(time.perf_counter() - t0, 3), _work_seconds(sdir), attempts,
+                           node, **times)
+    return StageResult(ref.key, "failed", h, reason, round(time.perf_counter() - t0, 3), _work_seconds(sdir), attempts,
+                       node, **times)
 
 def _task(run_dir: str, ref: dict, config_path: str, *upstream: StageResult) -> StageResult:
-    "The Ray task: a stage of a run, in a worker process."
+    "The Ray task: a stage of a run, in a worker process, in a fresh kernel from the worker's pool of warm ones."
     cfg = load_config(config_path)
-    return execute_stage(StageRef(**ref), Path(run_dir), cfg, Path(config_path), upstream)
+    pool = process_pool(cfg.pipeline.kernel_name, stage_imports(stages_dir()))
+    return execute_stage(StageRef(**ref), Path(run_dir), cfg, Path(config_path), upstream, kernels=pool)
 
 # %% ../../nbs/pipeline/62_dag.ipynb #f210d978
 @dataclass
@@ -224,16 +249,43 @@ def run_pipeline(cfg: KDGATConfig, datasets: Sequence[str], run_dir: str | Path 
 
 # %% ../../nbs/pipeline/62_dag.ipynb #a2314a00
 def orchestration_overhead(run_dir: str | Path) -> dict:
-    "Per-stage overhead of a finished run (seconds and share of the run's wall time), from its `_COMPLETE.json`."
+    "Per-stage overhead of a finished run (seconds, its parts and share of the run's wall time), from its `_COMPLETE.json`."
     out = json.loads((Path(run_dir) / "_COMPLETE.json").read_text())
     ran = [s for s in out["stages"] if s["status"] in ("success", "failed") and s["seconds"] > 0]
     over = [s["seconds"] - s["work_seconds"] for s in ran]
     total = sum(over)
-    return {"run": Path(run_dir).name, "stages_executed": len(ran), "run_seconds": out["seconds"],
-            "ray_start_seconds": out.get("ray_seconds", 0.0),
-            "overhead_per_stage_seconds": round(total / len(ran), 3) if ran else 0.0,
-            "overhead_min_max_seconds": [round(min(over), 3), round(max(over), 3)] if ran else [0, 0],
-            "overhead_total_seconds": round(total, 3), "work_total_seconds": round(sum(s["work_seconds"] for s in ran), 3),
-            # stages run side by side, so the sum of overheads overstates their share of the wall clock; this share
-            # divides the summed overhead by the summed task time, i.e. the fraction of worker time not spent working
-            "overhead_share_of_task_time": round(total / max(sum(s["seconds"] for s in ran), 1e-9), 3)}
+    r = {"run": Path(run_dir).name, "stages_executed": len(ran), "run_seconds": out["seconds"],
+         "ray_start_seconds": out.get("ray_seconds", 0.0),
+         "overhead_per_stage_seconds": round(total / len(ran), 3) if ran else 0.0,
+         "overhead_min_max_seconds": [round(min(over), 3), round(max(over), 3)] if ran else [0, 0],
+         "overhead_total_seconds": round(total, 3), "work_total_seconds": round(sum(s["work_seconds"] for s in ran), 3),
+         # stages run side by side, so the sum of overheads overstates their share of the wall clock; this share
+         # divides the summed overhead by the summed task time, i.e. the fraction of worker time not spent working
+         "overhead_share_of_task_time": round(total / max(sum(s["seconds"] for s in ran), 1e-9), 3)}
+    if ran and all("notebook_seconds" in s for s in ran):  # runs from before the split have only the total
+        mean = lambda f: round(sum(f(s) for s in ran) / len(ran), 3)
+        parts = {"kernel_wait": mean(lambda s: s["kernel_seconds"]),
+                 "notebook_beyond_work": mean(lambda s: s["notebook_seconds"] - s["work_seconds"]),
+                 "tracking": mean(lambda s: s["track_seconds"]), "record": mean(lambda s: s["record_seconds"])}
+        parts["other"] = round(r["overhead_per_stage_seconds"] - sum(parts.values()), 3)
+        r.update({f"overhead_{k}_seconds": v for k, v in parts.items()})
+        r["nodes"] = len({s["node"] for s in ran})
+    return r
+
+_UNITS = {"stages_executed": "count", "nodes": "count", "overhead_share_of_task_time": "share", "load_1min": "load"}
+
+def overhead_rows(r: dict) -> pd.DataFrame:
+    "`orchestration_overhead`'s figures as rows of the lakehouse `benchmarks` table (benchmark `pipeline`, case the run)."
+    figs = {k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    figs.update({"overhead_min_seconds": r["overhead_min_max_seconds"][0], "overhead_max_seconds": r["overhead_min_max_seconds"][1]})
+    return pd.DataFrame([{"benchmark": "pipeline", "case": r["run"], "metric": k, "value": float(v),
+                          "unit": _UNITS.get(k, "s")} for k, v in figs.items()])
+
+def record_overhead(r: dict, lakehouse: Lakehouse) -> Path:
+    "Write `orchestration_overhead`'s figures to the lakehouse `benchmarks` table, one record (`stage` \"bench/pipeline\")."
+    from kdgat.pipeline.stages import git_revision
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return lakehouse.write_stage({"run_id": r["run"], "stage": "bench/pipeline", "stage_kind": "bench", "success": True,
+                                  "git_rev": git_revision(), "started_at": now, "finished_at": now, "seconds": 0.0,
+                                  "metrics": {k: v for k, v in r.items() if isinstance(v, (int, float))}},
+                                 tables={"benchmarks": overhead_rows(r)})

@@ -3,7 +3,7 @@
 # %% ../../nbs/pipeline/60_stages.ipynb #c5785928
 from __future__ import annotations
 import atexit, datetime, functools, json, os, shutil, socket, sys, time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, get_args
 
@@ -16,6 +16,7 @@ from filelock import FileLock
 from ..catalog import CatalogError, get_entry
 from ..config import (CALIBRATIONS, MODELS, STAGE_VARIANTS, VARIANTS, Calibration, KDGATConfig, Model, Paths,
                           StageVariant, config_hash, load_config, package_digest)
+from ..data.cache import ShardedCache
 from ..data.captures import CaptureSet, load_captures
 from ..data.preprocess import PreprocessReport, preprocess_dataset
 from ..data.vocabulary import EntityVocabulary
@@ -28,10 +29,11 @@ from ..models.gat import inference_latency, num_parameters
 from ..train.steps import TrainedModel, fit_baseline, seed_everything, train_fusion_agent, train_gat, train_vgae
 
 # %% auto #0
-__all__ = ['StageKind', 'STAGE_KINDS', 'MARKER', 'FAILED', 'SKIPPED', 'PARAMS', 'METRICS', 'RUNNER_ENV', 'StageRef', 'build_dag',
-           'run_dag', 'json_text', 'stage_hash', 'stage_dir', 'read_marker', 'is_complete', 'clear_stage', 'save_model',
-           'load_model', 'run_stage', 'git_revision', 'current_node', 'stage_record', 'training_curve', 'stage_tables',
-           'complete_stage', 'fail_stage', 'ensure_stage', 'StageContext', 'stage_setup']
+__all__ = ['StageKind', 'STAGE_KINDS', 'MARKER', 'FAILED', 'SKIPPED', 'PARAMS', 'METRICS', 'STAGED_CACHE_ENV', 'RUNNER_ENV',
+           'StageRef', 'build_dag', 'run_dag', 'json_text', 'stage_hash', 'stage_dir', 'read_marker', 'is_complete',
+           'clear_stage', 'save_model', 'load_model', 'run_stage', 'git_revision', 'current_node', 'stage_record',
+           'training_curve', 'stage_tables', 'complete_stage', 'fail_stage', 'ensure_stage', 'StageContext',
+           'stage_setup']
 
 # %% ../../nbs/pipeline/60_stages.ipynb #bdf009a3
 StageKind = Literal["preprocess", "train", "evaluate", "explain"]
@@ -189,10 +191,21 @@ def _load_policy(path: Path) -> tuple:
     return net, buf["states"]
 
 # %% ../../nbs/pipeline/60_stages.ipynb #84b1a308
+STAGED_CACHE_ENV = "KD_GAT_STAGED_CACHE"  # a node-local copy of a run's graphs, made by a SLURM job (kdgat.pipeline.slurm)
+
 def _report(run_dir: Path, dataset: str) -> PreprocessReport:
+    "The run's preprocessing report; its graphs read from a node-local copy (`KD_GAT_STAGED_CACHE`) when that holds them all."
     p = stage_dir(run_dir, StageRef("preprocess", dataset)) / "artifacts" / "report.json"
     if not p.is_file(): raise FileNotFoundError(f"{p}: the preprocess stage of {dataset!r} has not completed in this run")
-    return PreprocessReport.from_json(p.read_text())
+    rep = PreprocessReport.from_json(p.read_text())
+    staged = os.environ.get(STAGED_CACHE_ENV, "").strip()
+    if not staged: return rep
+    local = Path(staged)
+    # never a partial copy: a file missing there is read from the shared cache with all the others
+    if Path(rep.cache_root) != local / "graphs" and all(ShardedCache(local / "graphs").has(f.key) for f in rep.files if not f.duplicate_of):
+        vocab = local / "datasets" / dataset / Path(rep.vocabulary).name
+        rep = replace(rep, cache_root=str(local / "graphs"), vocabulary=str(vocab) if vocab.is_file() else rep.vocabulary)
+    return rep
 
 def _captures(run_dir: Path, ref: StageRef, cfg: KDGATConfig, paths: Paths) -> CaptureSet:
     "The captures of the run's preprocessed dataset, validation held out as the dataset's catalog entry says."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import lightning as L
 import numpy as np
@@ -109,7 +110,9 @@ class TrainedModel:
 def _training(cfg: KDGATConfig, seed: int): return cfg.training.model_copy(update={"seed": seed})
 
 def train_vgae(caps: CaptureSet, cfg: KDGATConfig, seed: int, variant: Variant, out_dir: str | Path,
-               teacher_ckpt: str | None = None) -> TrainedModel:
+               teacher_ckpt: str | None = None,
+               callbacks: Sequence[L.Callback] = (),  # more Lightning callbacks (`kdgat.pipeline.tune` reports through one)
+              ) -> TrainedModel:
     "The VGAE of `variant`, on normal training windows only (distilled from `teacher_ckpt` when given)."
     check_splits(caps, ["vgae"]).require()
     seed_everything(seed)
@@ -118,14 +121,16 @@ def train_vgae(caps: CaptureSet, cfg: KDGATConfig, seed: int, variant: Variant, 
     system = VGAESystem(caps.num_ids, {"in_channels": caps.num_node_features, **m.model_dump(exclude={"kl_weight"})},
                         lr=tcfg.lr, weight_decay=tcfg.weight_decay, kl_weight=m.kl_weight, teacher_ckpt=teacher_ckpt,
                         kd_alpha=cfg.kd.alpha, latent_weight=cfg.kd.latent_weight, recon_weight=cfg.kd.recon_weight)
-    vgae, fit = fit_system(system, dm, tcfg, out_dir, "val/loss", "min", f"vgae_{variant}")
+    vgae, fit = fit_system(system, dm, tcfg, out_dir, "val/loss", "min", f"vgae_{variant}", callbacks)
     return TrainedModel("vgae", variant, score_captures(vgae, caps, dm, kind="positive"), num_parameters(vgae.model),
                         fit.checkpoint, fit.best_epoch, time.perf_counter() - t0, caps.calibration_counts())
 
 # %% ../../nbs/train/35_steps.ipynb #75e35a68
 def train_gat(caps: CaptureSet, cfg: KDGATConfig, seed: int, variant: Variant, out_dir: str | Path,
               vgae_train_scores: np.ndarray | None = None,  # the VGAE's anomaly scores of the training windows (curriculum)
-              teacher_ckpt: str | None = None) -> TrainedModel:
+              teacher_ckpt: str | None = None,
+              callbacks: Sequence[L.Callback] = (),  # more Lightning callbacks (`kdgat.pipeline.tune` reports through one)
+             ) -> TrainedModel:
     "The GAT of `variant`: weighted cross-entropy, hard normals ranked by the VGAE, optional logit KD."
     check_splits(caps, ["gat"]).require()
     seed_everything(seed)
@@ -139,7 +144,7 @@ def train_gat(caps: CaptureSet, cfg: KDGATConfig, seed: int, variant: Variant, o
                        teacher_ckpt=teacher_ckpt, kd_temperature=cfg.kd.temperature, kd_alpha=cfg.kd.alpha)
     # validation loss, not AUC: the known attacks of validation are separated perfectly after an epoch or two, so
     # AUC saturates at 1.0 and would stop training (and pick a checkpoint) long before the model has converged
-    gat, fit = fit_system(system, dm, tcfg, out_dir, "val/loss", "min", f"gat_{variant}")
+    gat, fit = fit_system(system, dm, tcfg, out_dir, "val/loss", "min", f"gat_{variant}", callbacks)
     return TrainedModel("gat", variant, score_captures(gat, caps, dm), num_parameters(gat.model), fit.checkpoint,
                         fit.best_epoch, time.perf_counter() - t0, caps.calibration_counts())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import lightning as L
 import numpy as np
@@ -195,7 +196,9 @@ class FitResult:
     peak_rss_mb: float
 
 def fit_system(system: L.LightningModule, dm: CaptureDataModule, cfg: TrainingConfig, run_dir: str | Path,
-               monitor: str = "val/loss", mode: str = "min", name: str = "model") -> tuple[L.LightningModule, FitResult]:
+               monitor: str = "val/loss", mode: str = "min", name: str = "model",
+               callbacks: Sequence[L.Callback] = (),  # more Lightning callbacks, e.g. one reporting to Ray Tune
+              ) -> tuple[L.LightningModule, FitResult]:
     "Train with early stopping; return the system restored from its best validation checkpoint."
     if cfg.auto_batch_size:  # the batch size the device holds, found once per (model, scale, device) and cached
         scale = "small" if "small" in name else "large"
@@ -206,7 +209,7 @@ def fit_system(system: L.LightningModule, dm: CaptureDataModule, cfg: TrainingCo
     ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename=name, monitor=monitor, mode=mode, save_top_k=1,
                            enable_version_counter=False)
     mem = MemoryMonitorCallback()
-    callbacks = [ckpt, EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience), mem]
+    callbacks = [ckpt, EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience), mem, *callbacks]
     if cfg.profile: callbacks.append(ProfilerCallback(run_dir / "profile" / name, steps=cfg.profile_steps))
     trainer = L.Trainer(max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=1, callbacks=callbacks,
                         logger=CSVLogger(run_dir, name="logs", version=name), enable_progress_bar=False,
