@@ -443,6 +443,17 @@ def stage_setup(kind: str, dataset: str, calibration: str | None = None, seed: i
     paths = Paths.from_env()
     run = Path(run_dir).expanduser().resolve() if run_dir else paths.runs_root / "interactive"
     lake = Lakehouse.from_config(cfg, paths)
+    if os.environ.get(RUNNER_ENV) == "1":
+        # the runner (Ray DAG, SLURM job) starts a stage only after its upstream stages completed: take their hashes
+        # from their markers and never run one here (this kernel's view of the code may differ from the runner's,
+        # and re-running an upstream stage would empty a folder other stages are reading)
+        return StageContext(ref, cfg, run, stage_hash(ref, cfg, [_upstream_hash(run, d, ref) for d in ref.deps()]), paths, lake)
     done: dict = {}
     h = stage_hash(ref, cfg, [ensure_stage(d, cfg, run, paths, lake, log, done) for d in ref.deps()])
     return StageContext(ref, cfg, run, h, paths, lake)
+
+def _upstream_hash(run: Path, dep: StageRef, ref: StageRef) -> str:
+    marker = read_marker(stage_dir(run, dep))
+    if marker is None: raise FileNotFoundError(f"{stage_dir(run, dep)}: upstream stage {dep.key} of {ref.key} is not complete "
+                                               "(the runner starts a stage only after its upstream stages: was the run folder changed?)")
+    return marker["hash"]
