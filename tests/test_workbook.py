@@ -11,7 +11,8 @@ PKG = ROOT / "kdgat"
 # lower layers never import higher ones (see DESIGN.md, "The shape of the package"); a module may import its own
 # layer and any layer below it. evaluate sits above train: evaluate may import train, train never imports evaluate.
 LAYER = {"config": 0, "files": 0, "catalog": 1, "parallel": 1, "lakehouse": 1, "data": 2, "models": 3, "train": 4,
-         "evaluate": 5, "pipeline": 6, "bench": 7, "publish": 7, "site": 7, "cli": 8}
+         "evaluate": 5, "pipeline": 6, "bench": 7, "publish": 7, "site": 7, "cli": 8,
+         "kernel": 1}  # kernel: the Jupyter kernelspec (reads config only)
 
 
 def _modules():
