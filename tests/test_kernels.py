@@ -58,7 +58,7 @@ def test_every_stage_gets_a_fresh_warm_kernel_and_none_is_left(tmp_path):
     root = tmp_path / "data"
     env = {**os.environ, "KD_GAT_DATA_ROOT": str(root), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "KD_GAT_S3_ENDPOINT": "none", "KD_GAT_STAGES_DIR": str(_probed_stages(tmp_path / "stages"))}
-    env.pop("KD_GAT_KERNEL_SPARES", None)
+    env["KD_GAT_KERNEL_SPARES"] = "1"  # off by default (it pays only where cores are idle): on here
     r = subprocess.run([KDGAT, "run", "--variants", "small", "--no-baseline", "--tag", "warm", *QUICK], env=env,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr

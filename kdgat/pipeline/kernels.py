@@ -248,7 +248,7 @@ _POOLS: dict[tuple, KernelPool] = {}
 
 def process_pool(kernel_name: str, modules: Sequence[str]) -> KernelPool | None:
     "This process's pool of kernels `kernel_name` importing `modules` (None when `KD_GAT_KERNEL_SPARES` is 0)."
-    raw = os.environ.get(SPARES_ENV, "1").strip() or "1"
+    raw = os.environ.get(SPARES_ENV, "0").strip() or "0"
     try: spares = int(raw)
     except ValueError: raise ValueError(f"{SPARES_ENV}={raw!r}: expected a whole number of spare kernels (0 turns them off)")
     if spares <= 0: return None
