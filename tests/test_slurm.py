@@ -51,12 +51,18 @@ def test_preprocess_job_script(slurm, tmp_path):
     assert any((tmp_path / "data/cache/graphs").glob("*/*/manifest.json"))
 
 
-@pytest.mark.slow
-def test_pipeline_job_script(slurm, tmp_path):
-    "`kdgat run` inside one allocation: a private Ray instance, the stage notebooks, then the post-job W&B sync."
+def _tiny_synthetic_root(tmp_path: Path) -> Path:
+    "A data root whose catalog makes the synthetic dataset tiny (a pipeline in a job in a few minutes)."
     data = tmp_path / "data"
     data.mkdir()
     (data / "catalog.yaml").write_text("synthetic:\n  raw: synthetic/tiny\n  synthetic: {seed: 2, scale: 0.2}\n")
+    return data
+
+
+@pytest.mark.slow
+def test_pipeline_job_script(slurm, tmp_path):
+    "`kdgat run` inside one allocation: a private Ray instance, the stage notebooks, then the post-job W&B sync."
+    data = _tiny_synthetic_root(tmp_path)
     text = _submit("run.sbatch", tmp_path / "run.out", data, "8G", 900, TAG="slurmtest", SYNC_ARGS="--dry-run",
                    RAY_AUTH_MODE="disabled", KD_GAT_S3_ENDPOINT="none",
                    KD_GAT_ARGS="--seeds 0 --variants small --no-baseline --set training.max_epochs=1 --set explain.epochs=10 "
@@ -73,9 +79,7 @@ def test_pipeline_job_script(slurm, tmp_path):
 @pytest.mark.slow
 def test_ray_cluster_job_script(slurm, tmp_path):
     "`kdgat run` on the Ray cluster the multi-node job script starts through srun (one node here; any number on OSC)."
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "catalog.yaml").write_text("synthetic:\n  raw: synthetic/tiny\n  synthetic: {seed: 2, scale: 0.2}\n")
+    data = _tiny_synthetic_root(tmp_path)
     text = _submit("ray-cluster.sbatch", tmp_path / "ray.out", data, "8G", 900, TAG="raycluster", SYNC_ARGS="--dry-run",
                    RAY_AUTH_MODE="disabled", KD_GAT_S3_ENDPOINT="none", KD_GAT_RAY_LAUNCH="srun",
                    KD_GAT_ARGS="--seeds 0 --variants small --no-baseline --set training.max_epochs=1 --set explain.seeds=0",
