@@ -360,7 +360,11 @@ def cmd_bench(args) -> int:
     if args.what == "scale": return _bench_scale(args)
     if args.what == "pipeline":
         from kdgat.lakehouse.records import Lakehouse
-        from kdgat.pipeline.dag import orchestration_overhead, record_overhead
+        from kdgat.pipeline.dag import orchestration_overhead, overhead_markdown, record_overhead
+        if args.readme:  # the README's overhead table, from the lakehouse, never copied by hand
+            _replace_generated_cell(Path(args.readme), "<!-- bench:pipeline -->", overhead_markdown(Lakehouse.from_config()))
+            print(f"{args.readme}: orchestration overhead of the runs measured in the lakehouse")
+            return 0
         r = orchestration_overhead(_run_path(args.run))
         record_overhead(r, Lakehouse.from_config())  # also in the lakehouse `benchmarks` table (benchmark 'pipeline')
     elif args.what == "infer":
@@ -608,7 +612,8 @@ def _data_parsers(sub):
     sp.add_argument("--lenient", action="store_true", help="quarantine bad rows instead of stopping (counted by label)")
     sp.add_argument("--json", action="store_true", help="one JSON object on stdout")
     sp.add_argument("--readme", metavar="NOTEBOOK", help="bench infer: write the table into NOTEBOOK's `<!-- bench:infer:<dataset> -->` cell; "
-                    "bench scale: the newest bench's table (or --run BENCH_ID's) into its `<!-- bench:scale -->` cell, measuring nothing")
+                    "bench scale: the newest bench's table (or --run BENCH_ID's) into its `<!-- bench:scale -->` cell, measuring nothing; "
+                    "bench pipeline: the overhead of every run measured in the lakehouse into its `<!-- bench:pipeline -->` cell")
     sp.add_argument("--messages", type=_count, nargs="+", help="bench scale: dataset sizes (default 1M 2M 5M 10M 20M)")
     sp.add_argument("--workers", type=int, nargs="+", help="bench scale: Ray workers per case (default 1 2)")
     sp.add_argument("--file-messages", dest="file_messages", type=_count, default=500_000, help="bench scale: messages per capture file")

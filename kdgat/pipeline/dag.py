@@ -15,15 +15,15 @@ from ..files import atomic_write
 from ..lakehouse.records import Lakehouse
 from ..lakehouse.tracking import log_stage
 from ..parallel import available_cpus, ray_session
-from .kernels import KernelPool, execute_in, process_pool, stage_imports
+from .kernels import KernelPool, execute_in, node_fork_server, process_pool, stage_imports
 from .runs import RunFolder, new_run_id
 from .stages import (METRICS, PARAMS, RUNNER_ENV, StageRef, build_dag, clear_stage, complete_stage,
                                    current_node, fail_stage, is_complete, read_marker, run_dag, stage_dir, stage_hash,
                                    training_curve)
 
 # %% auto #0
-__all__ = ['STAGES_DIR_ENV', 'stages_dir', 'StageResult', 'execute_stage', 'RunResult', 'describe_dag', 'run_pipeline',
-           'orchestration_overhead', 'overhead_rows', 'record_overhead']
+__all__ = ['STAGES_DIR_ENV', 'stages_dir', 'StageResult', 'stage_environment', 'execute_stage', 'RunResult', 'describe_dag',
+           'run_pipeline', 'orchestration_overhead', 'overhead_rows', 'record_overhead', 'overhead_markdown']
 
 # %% ../../nbs/pipeline/62_dag.ipynb #18623514
 STAGES_DIR_ENV = "KD_GAT_STAGES_DIR"
@@ -90,6 +90,14 @@ def _track(ref: StageRef, cfg: KDGATConfig, sdir: Path, run_id: str, h: str, sta
               group=run_id, tags=(ref.kind, status))
 
 # %% ../../nbs/pipeline/62_dag.ipynb #b4ec6c40
+def stage_environment(cfg: KDGATConfig) -> dict[str, str]:
+    "The variables a stage's kernel runs with: the runner's mark, torch's thread counts, figures without static copies."
+    threads = str(max(int(cfg.pipeline.cpus_per_stage), 1))
+    # a stage notebook is the stage's log: its figures stay interactive, without a PNG copy (a Chromium start per
+    # stage); the site and the paper make the static images when asked to
+    return {RUNNER_ENV: "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+            "KD_GAT_STATIC_FIGURES": os.environ.get("KD_GAT_STATIC_FIGURES", "0")}
+
 def execute_stage(ref: StageRef, run_dir: Path, cfg: KDGATConfig, config_path: Path, upstream: Sequence[StageResult],
                   lakehouse: Lakehouse | None = None, kernel_name: str | None = None,
                   kernels: KernelPool | None = None) -> StageResult:
@@ -106,11 +114,7 @@ def execute_stage(ref: StageRef, run_dir: Path, cfg: KDGATConfig, config_path: P
     h = stage_hash(ref, cfg, [u.hash for u in upstream])
     if is_complete(sdir, h): return StageResult(ref.key, "reused", h, seconds=0.0, work_seconds=_work_seconds(sdir), node=node)
     params = {**ref.params(), "run_dir": str(run_dir), "config": str(config_path), "overrides": []}
-    threads = max(int(cfg.pipeline.cpus_per_stage), 1)
-    os.environ.update({RUNNER_ENV: "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                       # a stage notebook is the stage's log: its figures stay interactive, without a PNG copy (a Chromium
-                       # start per stage); the site and the paper make the static images when asked to
-                       "KD_GAT_STATIC_FIGURES": os.environ.get("KD_GAT_STATIC_FIGURES", "0")})
+    os.environ.update(stage_environment(cfg))
     kernel_name = kernel_name or cfg.pipeline.kernel_name
     if kernels is not None and kernels.kernel_name != kernel_name: kernels = None  # a pool of another kernel: papermill's own
     times = dict(kernel_seconds=0.0, notebook_seconds=0.0, track_seconds=0.0, record_seconds=0.0)
@@ -147,10 +151,10 @@ def execute_stage(ref: StageRef, run_dir: Path, cfg: KDGATConfig, config_path: P
     return StageResult(ref.key, "failed", h, reason, round(time.perf_counter() - t0, 3), _work_seconds(sdir), attempts,
                        node, **times)
 
-def _task(run_dir: str, ref: dict, config_path: str, *upstream: StageResult) -> StageResult:
-    "The Ray task: a stage of a run, in a worker process, in a fresh kernel from the worker's pool of warm ones."
+def _task(run_dir: str, ref: dict, config_path: str, fork_server: str | None, *upstream: StageResult) -> StageResult:
+    "The Ray task: a stage of a run, in a worker process, in a fresh kernel forked from the node's server (`fork_server`) or the worker's."
     cfg = load_config(config_path)
-    pool = process_pool(cfg.pipeline.kernel_name, stage_imports(stages_dir()))
+    pool = process_pool(cfg.pipeline.kernel_name, stage_imports(stages_dir()), shared=fork_server)
     return execute_stage(StageRef(**ref), Path(run_dir), cfg, Path(config_path), upstream, kernels=pool)
 
 # %% ../../nbs/pipeline/62_dag.ipynb #f210d978
@@ -161,6 +165,7 @@ class RunResult:
     stages: list[StageResult] = field(default_factory=list)
     seconds: float = 0.0
     ray_seconds: float = 0.0  # starting (or joining) Ray
+    kernels: str = ""  # how the stage kernels started: "forked" (kdgat.pipeline.kernels) or "papermill"
 
     @property
     def ok(self) -> bool: return all(s.ok for s in self.stages)
@@ -173,7 +178,8 @@ def describe_dag(stages: Sequence[StageRef]) -> str:
     return "\n".join(f"{s.key:<{width}}  <- {', '.join(d.key for d in s.deps()) or '(raw data)'}" for s in stages)
 
 # %% ../../nbs/pipeline/62_dag.ipynb #2c6cabee
-def _submit(ray, stages: Sequence[StageRef], run_dir: Path, config_path: Path, p) -> dict[StageRef, object]:
+def _submit(ray, stages: Sequence[StageRef], run_dir: Path, config_path: Path, p,
+            fork_server: str | None = None) -> dict[StageRef, object]:
     "One Ray task per stage, each given its upstream tasks' refs; GPUs only for VGAE/GAT training, only if Ray has some."
     has_gpu = ray.cluster_resources().get("GPU", 0) >= max(p.gpus_per_stage, 1e-9)
     task = ray.remote(_task)
@@ -181,7 +187,7 @@ def _submit(ray, stages: Sequence[StageRef], run_dir: Path, config_path: Path, p
     for s in stages:
         gpus = p.gpus_per_stage if has_gpu and s.kind == "train" and s.model in ("vgae", "gat") else 0
         refs[s] = task.options(num_cpus=p.cpus_per_stage, num_gpus=gpus, max_retries=p.retries, name=s.key).remote(
-            str(run_dir), asdict(s), str(config_path), *[refs[d] for d in s.deps()])
+            str(run_dir), asdict(s), str(config_path), fork_server, *[refs[d] for d in s.deps()])
     return refs
 
 def _collect(ray, refs: dict[StageRef, object], run_dir: Path, lake_for_failures: Callable[[], Lakehouse],
@@ -230,9 +236,15 @@ def run_pipeline(cfg: KDGATConfig, datasets: Sequence[str], run_dir: str | Path 
         run.create(cfg, stages, list(datasets), command)
         (run.path / "_COMPLETE.json").unlink(missing_ok=True)  # a resumed run is incomplete until it finishes again
         t_ray = time.perf_counter()
-        with ray_session(num_cpus=available_cpus(), address=p.ray_address) as ray:
+        # the node's fork server imports what the stage notebooks import while Ray starts; every stage's kernel on
+        # this node is forked from it (kdgat.pipeline.kernels)
+        # (the kernels' own messages go to the run's kernels.log, not the terminal)
+        with node_fork_server(stage_imports(stages_dir()), {**os.environ, **stage_environment(cfg)},
+                              log=run.path / "kernels.log") as fork_server, \
+             ray_session(num_cpus=available_cpus(), address=p.ray_address) as ray:
             result.ray_seconds = round(time.perf_counter() - t_ray, 3)
-            refs = _submit(ray, stages, run.path, run.path / "config.yaml", p)
+            result.kernels = "forked" if fork_server else "papermill"
+            refs = _submit(ray, stages, run.path, run.path / "config.yaml", p, fork_server)
             _collect(ray, refs, run.path, lambda: Lakehouse.from_config(cfg, paths), record)
         lake = Lakehouse.from_config(cfg, paths)
         write_report(run.path, lake)
@@ -241,7 +253,7 @@ def run_pipeline(cfg: KDGATConfig, datasets: Sequence[str], run_dir: str | Path 
         result.seconds = round(time.perf_counter() - t0, 3)
         if len(result.stages) == len(stages):
             run.complete({"status": "success" if result.ok else "failed", "seconds": result.seconds,
-                          "ray_seconds": result.ray_seconds, "counts": result.counts(),
+                          "ray_seconds": result.ray_seconds, "kernels": result.kernels, "counts": result.counts(),
                           "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                           "stages": [asdict(s) for s in result.stages]})
         run.release()
@@ -256,6 +268,7 @@ def orchestration_overhead(run_dir: str | Path) -> dict:
     total = sum(over)
     r = {"run": Path(run_dir).name, "stages_executed": len(ran), "run_seconds": out["seconds"],
          "ray_start_seconds": out.get("ray_seconds", 0.0),
+         **({"forked_kernels": int(out["kernels"] == "forked")} if out.get("kernels") else {}),  # runs before forking: none
          "overhead_per_stage_seconds": round(total / len(ran), 3) if ran else 0.0,
          "overhead_min_max_seconds": [round(min(over), 3), round(max(over), 3)] if ran else [0, 0],
          "overhead_total_seconds": round(total, 3), "work_total_seconds": round(sum(s["work_seconds"] for s in ran), 3),
@@ -272,7 +285,8 @@ def orchestration_overhead(run_dir: str | Path) -> dict:
         r["nodes"] = len({s["node"] for s in ran})
     return r
 
-_UNITS = {"stages_executed": "count", "nodes": "count", "overhead_share_of_task_time": "share", "load_1min": "load"}
+_UNITS = {"stages_executed": "count", "nodes": "count", "overhead_share_of_task_time": "share", "load_1min": "load",
+          "forked_kernels": "flag"}
 
 def overhead_rows(r: dict) -> pd.DataFrame:
     "`orchestration_overhead`'s figures as rows of the lakehouse `benchmarks` table (benchmark `pipeline`, case the run)."
@@ -289,3 +303,27 @@ def record_overhead(r: dict, lakehouse: Lakehouse) -> Path:
                                   "git_rev": git_revision(), "started_at": now, "finished_at": now, "seconds": 0.0,
                                   "metrics": {k: v for k, v in r.items() if isinstance(v, (int, float))}},
                                  tables={"benchmarks": overhead_rows(r)})
+
+def overhead_markdown(lakehouse: Lakehouse) -> str:
+    "The README's table of orchestration overhead: every run `kdgat bench pipeline` measured into `lakehouse`, oldest first."
+    q = lakehouse.query("""select b.case, b.metric, b.value, s.finished_at from latest_benchmarks b
+                           join latest_stages s using (record_id) where b.benchmark = 'pipeline'""")
+    if not len(q): raise ValueError(f"no pipeline benchmark in the lakehouse at {lakehouse.root}: run `kdgat bench pipeline --run RUN` first")
+    wide = q.pivot_table(index="case", columns="metric", values="value", aggfunc="last")
+    wide = wide.join(q.groupby("case").finished_at.max()).sort_values("finished_at")
+    get = lambda r, k, fmt="{:.2f}": fmt.format(r[k]) if k in r and pd.notna(r[k]) else "-"
+    lines = ["Printed by `kdgat bench pipeline --readme nbs/index.ipynb` from the lakehouse (each run measured by "
+             "`kdgat bench pipeline --run RUN`); seconds per executed stage, averaged: its task's wall time minus the "
+             "stage's own work, split into waiting for a kernel, the notebook beyond the work (kernel start when "
+             "papermill starts it, the set-up cell, figures, papermill's reading and writing, the kernel's shutdown), "
+             "W&B tracking and the lakehouse record.", "",
+             "| run | kernels | stages | run wall time | overhead per stage (min-max) | kernel wait | notebook beyond work | tracking | record | Ray start |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for case, r in wide.iterrows():
+        kernels = {1.0: "forked", 0.0: "papermill"}.get(r.get("forked_kernels"), "-")
+        lines.append(f"| `{case}` | {kernels} | {get(r, 'stages_executed', '{:.0f}')} | {get(r, 'run_seconds', '{:.0f}')} s | "
+                     f"**{get(r, 'overhead_per_stage_seconds')} s** ({get(r, 'overhead_min_seconds', '{:.1f}')}-"
+                     f"{get(r, 'overhead_max_seconds', '{:.1f}')}) | {get(r, 'overhead_kernel_wait_seconds')} | "
+                     f"{get(r, 'overhead_notebook_beyond_work_seconds')} | {get(r, 'overhead_tracking_seconds')} | "
+                     f"{get(r, 'overhead_record_seconds')} | {get(r, 'ray_start_seconds', '{:.1f}')} s |")
+    return "\n".join(lines)

@@ -2,14 +2,14 @@
 
 # %% ../../nbs/pipeline/65_kernels.ipynb #k0000005
 from __future__ import annotations
-import ast, atexit, json, os, re, signal, time, warnings
-from dataclasses import dataclass, field
+import ast, atexit, contextlib, gc, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, threading, time, traceback, uuid, warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
 # %% auto #0
-__all__ = ['ENGINE', 'SPARES_ENV', 'stage_imports', 'import_ahead', 'import_ahead_expression', 'environment_change', 'Spare',
-           'KernelError', 'KernelPool', 'WarmKernelEngine', 'execute_in', 'process_pool']
+__all__ = ['ENGINE', 'FORK_ENV', 'stage_imports', 'import_ahead', 'load_time_changes', 'code_stamp', 'KernelError', 'serve_forks',
+           'ForkServer', 'process_running', 'ForkedKernel', 'ForkProvisioner', 'KernelPool', 'WarmKernelEngine',
+           'execute_in', 'forking', 'process_pool', 'node_fork_server']
 
 # %% ../../nbs/pipeline/65_kernels.ipynb #k0000008
 def stage_imports(folder: str | Path) -> list[str]:
@@ -29,181 +29,391 @@ def stage_imports(folder: str | Path) -> list[str]:
                 out += [n for n in names if n not in out]
     return out
 
-_IMPORT_AHEAD = """
-import importlib
-failed = []
-for n in names:
-    mod, _, attr = n.partition(":")
-    try:
-        m = importlib.import_module(mod)
-        if attr and not hasattr(m, attr): importlib.import_module(mod + "." + attr)
-    except Exception: failed.append(n)
-"""  # run in a private namespace: nothing is bound in the kernel's, and nothing else (kdgat, papermill) is imported
-
 def import_ahead(names: Sequence[str]) -> list[str]:
     "Import `names` (as `stage_imports` gives them) into this process, binding no name; returns those that failed."
-    scope = {"names": list(names)}
-    exec(_IMPORT_AHEAD, scope)
-    return scope["failed"]
-
-def import_ahead_expression(names: Sequence[str]) -> str:
-    "`import_ahead(names)` as one Python expression, for a kernel to evaluate (a `user_expressions` entry)."
-    return f"(lambda scope: exec({_IMPORT_AHEAD!r}, scope) or scope['failed'])({{'names': {list(names)!r}}})"
+    import importlib
+    failed = []
+    for n in names:
+        mod, _, attr = n.partition(":")
+        try:
+            m = importlib.import_module(mod)
+            if attr and not hasattr(m, attr): importlib.import_module(mod + "." + attr)
+        except Exception: failed.append(n)
+    return failed
 
 # %% ../../nbs/pipeline/65_kernels.ipynb #k0000011
-_READ_AT_LOAD = re.compile(r"^(OMP_|MKL_|OPENBLAS_|KMP_|GOTO_|VECLIB_|NUMEXPR_|PYTHON|LD_)")
-_KERNEL_OWN = {"JPY_PARENT_PID"}  # set for the kernel by jupyter_client's launcher, not inherited
+_READ_AT_LOAD = re.compile(r"^(OMP_|MKL_|OPENBLAS_|KMP_|GOTO_|VECLIB_|NUMEXPR_|CUDA_|NVIDIA_|PYTHON|LD_)")
+_READ_LATE = {"PYTHONBREAKPOINT"}  # read at each `breakpoint()` (Ray sets its own in drivers and workers)
 
-def environment_change(then: Mapping[str, str], now: Mapping[str, str]) -> tuple[dict[str, str], list[str], list[str]]:
-    "Variables to set and to unset to turn environment `then` into `now`, and those of them read at load time."
-    set_ = {k: v for k, v in now.items() if then.get(k) != v and k not in _KERNEL_OWN}
-    unset = [k for k in then if k not in now and k not in _KERNEL_OWN]
-    return set_, unset, sorted(k for k in [*set_, *unset] if _READ_AT_LOAD.match(k))
+def load_time_changes(then: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
+    "The variables native libraries (or the interpreter) read when they load whose value differs between environments `then` and `now`."
+    return sorted(k for k in {*then, *now} if _READ_AT_LOAD.match(k) and k not in _READ_LATE and then.get(k) != now.get(k))
+
+def code_stamp() -> tuple[int, int]:
+    "The newest modification time (ns) and the number of the kdgat package's Python files: changes when code is exported."
+    import kdgat
+    files = [p.stat().st_mtime_ns for p in Path(kdgat.__file__).parent.rglob("*.py")]
+    return max(files, default=0), len(files)
 
 # %% ../../nbs/pipeline/65_kernels.ipynb #k0000014
-@dataclass
-class Spare:
-    "One kernel started by a `KernelPool`."
-    km: object  # jupyter_client.AsyncKernelManager, started
-    kc: object  # jupyter_client.BlockingKernelClient on its shell channel
-    proc: object  # the kernel's Popen (kept here: the manager forgets it at shutdown); its own session, pgid == pid
-    env: dict  # the environment it was started with
-    warm_id: str | None = None  # the request importing the stage modules (None: a plain kernel)
-    started: float = field(default_factory=time.perf_counter)
-
-    @property
-    def pid(self) -> int: return self.proc.pid
-    def alive(self) -> bool: return self.proc.poll() is None  # poll reaps an ended kernel, so its PID is never reused under us
-
 class KernelError(RuntimeError):
     "A kernel could not be made ready for a stage."
 
-def _reply(kc, msg_id: str, timeout: float, spare: Spare) -> dict:
-    "The shell reply to `msg_id`, waiting at most `timeout` s; KernelError if the kernel dies or times out first."
-    from queue import Empty
-    deadline = time.monotonic() + timeout
+def _reap(exits: dict[int, int]):
+    "Collect every ended child's exit code (a negative signal number when killed), so that none stays a zombie."
     while True:
-        if not spare.alive(): raise KernelError(f"kernel (pid {spare.pid}) exited with code {spare.proc.returncode}")
-        left = deadline - time.monotonic()
-        if left <= 0: raise KernelError(f"kernel (pid {spare.pid}) did not answer within {timeout:.0f} s")
-        try: msg = kc.get_shell_msg(timeout=min(left, 1.0))
-        except Empty: continue
-        if msg["parent_header"].get("msg_id") == msg_id: return msg["content"]
+        try: pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError: return
+        if pid == 0: return
+        exits[pid] = os.waitstatus_to_exitcode(status)
 
-# %% ../../nbs/pipeline/65_kernels.ipynb #k0000015
+def _watch(pid: int):
+    "End this process within a second of process `pid` (the one that asked for it) ending."
+    def loop():
+        while True:
+            time.sleep(1.0)
+            try: os.kill(pid, 0)
+            except ProcessLookupError: os._exit(1)
+            except PermissionError: pass
+    threading.Thread(target=loop, name="kdgat-watch-requester", daemon=True).start()
+
+def _become_kernel(req: dict, sockets: Sequence[socket.socket]):
+    "In a forked child: become the IPython kernel `req` asks for; never returns."
+    code = 1
+    try:
+        for s in sockets: s.close()
+        if req.get("watch"): _watch(int(req["watch"]))  # a stage whose worker died must not run on beside its retry
+        os.setsid()  # its own session and process group, as jupyter_client starts kernels
+        os.chdir(req["cwd"])
+        os.environ.clear(); os.environ.update(req["env"])
+        os.environ["JPY_PARENT_PID"] = str(os.getppid())
+        null = os.open(os.devnull, os.O_RDONLY); os.dup2(null, 0); os.close(null)
+        # ipykernel read JPY_PARENT_PID when the server imported it: given again, so the kernel ends when the server does
+        args = [*req["args"], f"--IPKernelApp.parent_handle={os.getppid()}"]
+        sys.argv = [sys.executable, "-m", "ipykernel_launcher", *args]
+        from ipykernel.kernelapp import IPKernelApp
+        IPKernelApp.launch_instance(argv=args)
+        code = 0
+    except SystemExit as e: code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    except BaseException: traceback.print_exc()
+    finally:
+        try:
+            atexit._run_exitfuncs()  # what an interpreter's exit runs (os._exit below does not)
+            sys.stdout.flush(); sys.stderr.flush()
+        finally: os._exit(code)
+
+# what an IPython kernel imports as it starts (the debugger's pydevd alone is 0.2 s), found by listing a forked
+# kernel's sys.modules against the server's
+_KERNEL_IMPORTS = ["ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.debugger", "IPython.core.completerlib",
+                   "IPython.core.debugger", "IPython.core.oinspect", "IPython.extensions.storemagic", "sqlite3"]
+
+def serve_forks(argv: Sequence[str] | None = None):
+    "Main of the fork server: `address parent_pid modules_json`; imports the modules, then forks a kernel per request."
+    address, parent, modules = argv or sys.argv[1:]
+    code = code_stamp()  # before the imports: a file changed while they run makes the server stale at once
+    if sys.path and sys.path[0] == "": del sys.path[0]  # as ipykernel_launcher: the kernel puts its own folder first
+    failed = import_ahead(json.loads(modules))
+    import_ahead(_KERNEL_IMPORTS)  # the kernel itself, imported once too
+    # the objects imported so far are never collected: frozen, the kernels' garbage collections skip them instead of
+    # touching (and so copying) every page the server holds: 0.45 s less at each kernel's exit
+    gc.collect(); gc.freeze()
+    torch = sys.modules.get("torch")
+    hello = {"pid": os.getpid(), "failed": failed, "cuda_initialized": bool(torch and torch.cuda.is_initialized()),
+             "load_env": {k: v for k, v in os.environ.items() if _READ_AT_LOAD.match(k) and k not in _READ_LATE},
+             "code": list(code),
+             "python": os.path.abspath(sys.executable)}
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(address + ".part"); server.listen(16)
+    os.rename(address + ".part", address)  # the socket appears once the server is ready
+    server.settimeout(1.0)
+    exits: dict[int, int] = {}
+    while True:
+        # the pool's process may be killed outright (Ray ends its workers so) and run no exit handler: the server
+        # then ends within a second by itself (Linux's parent-death signal would follow the thread that started it,
+        # not the process), and its kernels within another (ipykernel's parent poller)
+        if os.getppid() != int(parent): os._exit(0)
+        try: conn, _ = server.accept()
+        except socket.timeout: continue
+        conn.settimeout(None)
+        with conn:
+            try: req = json.loads(conn.makefile("r").readline())
+            except ValueError: continue
+            _reap(exits)
+            if req.get("op") == "fork":
+                pid = os.fork()
+                if pid == 0: _become_kernel(req, [server, conn])
+                reply = {"pid": pid}
+            elif req.get("op") == "exit_code": reply = {"code": exits.get(req["pid"])}
+            else: reply = hello
+            conn.sendall((json.dumps(reply) + "\n").encode())
+
+# %% ../../nbs/pipeline/65_kernels.ipynb #k0000016
+_SERVER_MAIN = "from kdgat.pipeline.kernels import serve_forks; serve_forks()"
+
+def _socket_folder() -> Path:
+    "A private folder (0700) for a server's socket, whose path fits a Unix socket's 107 bytes."
+    d = Path(tempfile.mkdtemp(prefix="kdgat-forks-"))
+    if len(str(d / "server.part")) < 100: return d
+    shutil.rmtree(d, ignore_errors=True)  # a long $TMPDIR (cluster jobs have them)
+    return Path(tempfile.mkdtemp(prefix="kdgat-forks-", dir="/tmp"))
+
+class ForkServer:
+    "A process that imported `modules` once and forks a fresh kernel process per `fork` (started here, or `attach`ed)."
+    def __init__(self, modules: Sequence[str] = (), env: Mapping[str, str] | None = None, python: str | None = None,
+                 log: str | Path | None = None):  # a file for the output of the server and its kernels (default: this process's)
+        self.modules, self.env = list(modules), dict(os.environ if env is None else env)
+        self.python = os.path.abspath(python or sys.executable)
+        self.code = code_stamp()
+        self.folder = _socket_folder()
+        self.address = str(self.folder / "server")
+        out = open(log, "ab") if log is not None else None
+        try:
+            self.proc = subprocess.Popen([self.python, "-c", _SERVER_MAIN, self.address, str(os.getpid()), json.dumps(self.modules)],
+                                         env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        finally:
+            if out is not None: out.close()
+        self.info: dict | None = None
+
+    @classmethod
+    def attach(cls, address: str | Path) -> ForkServer | None:
+        "A handle on the server another process of this machine started at `address` (None when it is not on this machine)."
+        if not Path(address).parent.is_dir(): return None  # another node's server, or one already closed
+        s = cls.__new__(cls)
+        s.address, s.folder, s.proc, s.info, s.modules = str(address), Path(address).parent, None, None, []
+        s.python, s.env, s.code = os.path.abspath(sys.executable), {}, None  # env and code come with its hello
+        return s
+
+    @property
+    def pid(self) -> int | None: return self.proc.pid if self.proc is not None else (self.info or {}).get("pid")
+    def alive(self) -> bool: return self.proc.poll() is None if self.proc is not None else self.folder.is_dir()
+
+    def _ask(self, **req) -> dict:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(120)
+            s.connect(self.address)
+            s.sendall((json.dumps(req) + "\n").encode())
+            line = s.makefile("r").readline()
+        if not line: raise KernelError(f"the fork server at {self.address} closed the connection without answering")
+        return json.loads(line)
+
+    def ready(self, timeout: float = 600.0) -> dict:
+        "Wait until the server has imported its modules; its `hello`."
+        deadline = time.monotonic() + timeout
+        while self.info is None:
+            if not self.alive():
+                code = f" with code {self.proc.returncode}" if self.proc is not None else ""
+                raise KernelError(f"the fork server at {self.address} ended{code} before it was ready")
+            if os.path.exists(self.address):
+                self.info = self._ask(op="hello")
+                if self.proc is None:  # attached: what it was started with, as it says
+                    self.python, self.env, self.code = self.info["python"], self.info["load_env"], tuple(self.info["code"])
+            elif time.monotonic() > deadline: raise KernelError(f"the fork server at {self.address} was not ready within {timeout:.0f} s")
+            else: time.sleep(0.02)
+        return self.info
+
+    def runs(self, cmd: Sequence[str]) -> bool:
+        "Whether kernel command `cmd` is an ipykernel of the server's Python (one it can fork)."
+        if len(cmd) < 3 or list(cmd[1:3]) != ["-m", "ipykernel_launcher"]: return False
+        # the same interpreter in the same folder: a virtual environment is known by the folder its python is called from
+        python = Path(os.path.abspath(cmd[0]))
+        return python.parent == Path(self.python).parent and python.exists() and os.path.samefile(python, self.python)
+
+    def fork(self, args: Sequence[str], cwd: str | Path, env: Mapping[str, str]) -> int:
+        "A new kernel process, `python -m ipykernel_launcher *args` in `cwd` with `env`, ending with this process: its PID."
+        self.ready()
+        return int(self._ask(op="fork", args=list(args), cwd=str(cwd), env=dict(env), watch=os.getpid())["pid"])
+
+    def exit_code(self, pid: int) -> int | None:
+        "The exit code of kernel `pid` (None while it runs)."
+        try: return self._ask(op="exit_code", pid=pid)["code"]
+        except OSError:  # the server is gone, and its kernels end with it
+            return None if process_running(pid) else -signal.SIGKILL
+
+    def close(self):
+        "Kill a server started here (its kernels end themselves within a second) and remove its folder; an attached one is left alone."
+        if self.proc is None: return
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+def process_running(pid: int) -> bool:
+    "Whether process `pid` exists and has not ended (a zombie has)."
+    import psutil
+    try: return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error: return False
+
+class ForkedKernel:
+    "The `subprocess.Popen` face of a kernel process forked by a `ForkServer`."
+    stdin = stdout = stderr = None
+    def __init__(self, server: ForkServer, pid: int): self.server, self.pid, self.returncode = server, pid, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None: self.returncode = self.server.exit_code(self.pid)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline: raise subprocess.TimeoutExpired(f"kernel {self.pid}", timeout)
+            time.sleep(0.05)
+        return self.returncode
+
+    def send_signal(self, sig: int):
+        if self.poll() is None:  # never signal a PID the kernel no longer holds
+            try: os.kill(self.pid, sig)
+            except ProcessLookupError: pass
+    def terminate(self): self.send_signal(signal.SIGTERM)
+    def kill(self): self.send_signal(signal.SIGKILL)
+
+# %% ../../nbs/pipeline/65_kernels.ipynb #k0000020
+from jupyter_client.provisioning import LocalProvisioner
+
+class ForkProvisioner(LocalProvisioner):
+    "jupyter_client's local provisioner, launching a kernel by a fork of `server` where that server can run it."
+    server: ForkServer | None = None
+
+    async def launch_kernel(self, cmd: list[str], **kwargs):
+        if self.server is None or not self.server.runs(cmd): return await super().launch_kernel(cmd, **kwargs)
+        cwd = str(kwargs.get("cwd") or os.getcwd())
+        self.pid = self.pgid = self.server.fork(cmd[3:], cwd, kwargs.get("env") or os.environ)
+        self.process, self.cwd = ForkedKernel(self.server, self.pid), cwd
+        return self.connection_info
+
+# %% ../../nbs/pipeline/65_kernels.ipynb #k0000022
 class KernelPool:
-    "Fresh Jupyter kernels started (and importing `modules`) ahead of the stage each will run once, then shut down."
-    def __init__(self, kernel_name: str = "python3", modules: Sequence[str] = (), spares: int = 1,
-                 ready_timeout: float = 600.0):
-        self.kernel_name, self.modules, self.spares, self.ready_timeout = kernel_name, list(modules), spares, ready_timeout
-        self.idle: list[Spare] = []
-        self.running: dict[int, Spare] = {}  # taken, not yet released, by PID
-        self.discarded: list[str] = []  # why spares were not used, for the record
+    "Fresh kernels for stages, one per stage, forked from a server that imported `modules` once (the node's `shared` one, or its own)."
+    def __init__(self, kernel_name: str = "python3", modules: Sequence[str] = (), ready_timeout: float = 600.0,
+                 shared: str | None = None):  # the address of a server another process of the node started (a run's)
+        self.kernel_name, self.modules, self.ready_timeout, self.shared = kernel_name, list(modules), ready_timeout, shared
+        self._shared: ForkServer | None | bool = None  # attached on first use; False: not usable from here
+        self.server: ForkServer | None = None
+        self.retired: list[ForkServer] = []  # replaced servers whose kernels may still run
+        self.running: dict[int, tuple[object, object]] = {}  # taken, not yet released: PID -> (manager, process)
+        self.replaced: list[str] = []  # why servers were replaced, for the record
         self.last_take_seconds = 0.0  # how long `execute_in` last waited for its kernel
+        self._warned: set[str] = set()
         atexit.register(self.close)
 
-    def _launch(self, warm: bool) -> Spare:
-        from jupyter_client.blocking import BlockingKernelClient
+    def _why_new(self, env: Mapping[str, str]) -> str | None:
+        s = self.server
+        if s is None: return None
+        if not s.alive(): return f"exited with code {s.proc.returncode}"
+        if late := load_time_changes(s.env, env): return f"started before {', '.join(late)} changed"
+        if s.code != code_stamp(): return "started before the kdgat package changed"
+        return ""
+
+    def warm(self, env: Mapping[str, str] | None = None) -> ForkServer:
+        "The server for environment `env` (default: this process's), started now if needed (it imports in the background)."
+        env = dict(os.environ if env is None else env)
+        why = self._why_new(env)
+        if why == "": return self.server
+        if why is not None:
+            self.replaced.append(why)
+            self.retired.append(self.server)
+            self._close_retired()
+        self.server = ForkServer(self.modules, env)
+        return self.server
+
+    def _shared_server(self, env: Mapping[str, str]) -> ForkServer | None:
+        "The node's server, if there is one on this machine and a kernel of it can take `env` and today's code."
+        if self.shared is None or self._shared is False: return None
+        if self._shared is None: self._shared = ForkServer.attach(self.shared) or False
+        s = self._shared
+        if s is False: return None  # another node's: this process starts its own
+        try: s.ready(self.ready_timeout)
+        except (KernelError, OSError) as e:
+            self._warn_once(f"the node's fork server is not usable ({e}); this process starts its own")
+            self._shared = False
+            return None
+        if late := load_time_changes(s.env, env): why = f"{', '.join(late)} changed since it started"
+        elif s.code != code_stamp(): why = "the kdgat package changed since it started"
+        else: return s
+        self._warn_once(f"the node's fork server is not used: {why}; this process starts its own")
+        return None
+
+    def _warn_once(self, message: str):
+        if message not in self._warned: self._warned.add(message); warnings.warn(message)
+
+    def take(self, cwd: str | Path, env: Mapping[str, str] | None = None):
+        "A started, ready kernel manager for one stage, in `cwd` with `env` (default: this process's)."
         from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
-        env = dict(os.environ)
+        env = dict(os.environ if env is None else env)
+        server = self._shared_server(env) or self.warm(env)
+        info = server.ready(self.ready_timeout)
+        if info["failed"]:  # the stage's own import shows the error where it happens
+            self._warn_once(f"the fork server could not import {info['failed']}; kernels import them themselves")
+        if info["cuda_initialized"]:
+            self._warn_once("an import initialised CUDA in the fork server, which makes forked kernels unusable: starting plain kernels")
+            server = None
         km = AsyncKernelManager(kernel_name=self.kernel_name)
+        km.kernel_id = str(uuid.uuid4())
+        km.provisioner = ForkProvisioner(kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km)
+        km.provisioner.server = server
         # as nbclient starts its kernels: IPython's history in memory, not in a SQLite file every kernel would lock
-        run_sync(km.start_kernel)(extra_arguments=["--HistoryManager.hist_file=:memory:"], env=env)
+        run_sync(km.start_kernel)(extra_arguments=["--HistoryManager.hist_file=:memory:"], env=env, cwd=str(cwd))
+        proc = km.provisioner.process
+        self.running[proc.pid] = (km, proc)
+        try: self._answer(km, proc)
+        except KernelError:
+            self.release(km, wait=0)
+            raise
+        return km
+
+    def _answer(self, km, proc):
+        "Wait for the kernel's answer to a `kernel_info_request`: it is up (papermill's client then waits for its output channel)."
+        from jupyter_client.blocking import BlockingKernelClient
+        from queue import Empty
         kc = BlockingKernelClient()
         kc.load_connection_info(km.get_connection_info())  # with the key: the client signs its messages
         kc.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
-        s = Spare(km, kc, km.provisioner.process, env)
-        if warm and self.modules:  # silent: no execution count, no history, nothing bound in the user's namespace
-            s.warm_id = kc.execute("", silent=True, store_history=False,
-                                   user_expressions={"failed": import_ahead_expression(self.modules)})
-        return s
+        try:
+            msg_id, deadline = kc.kernel_info(), time.monotonic() + self.ready_timeout
+            while True:
+                if proc.poll() is not None: raise KernelError(f"kernel (pid {proc.pid}) exited with code {proc.returncode} as it started")
+                if time.monotonic() > deadline: raise KernelError(f"kernel (pid {proc.pid}) did not answer within {self.ready_timeout:.0f} s")
+                try: msg = kc.get_shell_msg(timeout=0.5)
+                except Empty: continue
+                if msg["parent_header"].get("msg_id") == msg_id: return
+        finally: kc.stop_channels()
 
-    def refill(self, at_most: int | None = None):
-        "Start spares up to `spares`, `at_most` of them now (each imports the modules in the background, while this process goes on)."
-        n = self.spares - len(self.idle)
-        for _ in range(max(0, n if at_most is None else min(n, at_most))): self.idle.append(self._launch(warm=True))
-
-    def _problem(self, s: Spare, env: Mapping[str, str]) -> str | None:
-        "Why spare `s` cannot run a stage now (None: it can), after waiting for its imports."
-        if not s.alive(): return f"exited with code {s.proc.returncode}"
-        _, _, late = environment_change(s.env, env)
-        if late: return f"started before {', '.join(late)} changed"
-        if s.warm_id is None: return None
-        try: reply = _reply(s.kc, s.warm_id, self.ready_timeout, s)
-        except KernelError as e: return str(e)
-        got = reply.get("user_expressions", {}).get("failed", {})
-        if reply.get("status") != "ok" or got.get("status") != "ok":
-            return f"import ahead raised {got.get('ename') or reply.get('ename')}: {got.get('evalue') or reply.get('evalue')}"
-        failed = got.get("data", {}).get("text/plain", "[]")
-        return None if failed == "[]" else f"could not import {failed}"
-
-    def _enter(self, s: Spare, cwd: Path, env: Mapping[str, str]):
-        "Move kernel `s` into `cwd` and give it `env`, as if it had been started there and then."
-        set_, unset, _ = environment_change(s.env, env)
-        code = "\n".join([f"__import__('os').chdir({str(cwd)!r})",
-                          f"__import__('os').environ.update({set_!r})",
-                          *(f"__import__('os').environ.pop({k!r}, None)" for k in unset),
-                          f"get_ipython().user_ns['_dh'][:] = [{str(cwd)!r}]"])  # IPython's folder history starts here
-        reply = _reply(s.kc, s.kc.execute(code, silent=True, store_history=False), self.ready_timeout, s)
-        if reply.get("status") != "ok":
-            raise KernelError(f"kernel (pid {s.pid}) could not enter {cwd}: {reply.get('ename')}: {reply.get('evalue')}")
-
-    def take(self, cwd: str | Path, env: Mapping[str, str] | None = None) -> Spare:
-        "A kernel for one stage, in `cwd` with `env` (default: this process's): a ready spare, else a new plain kernel."
-        env = dict(os.environ if env is None else env)
-        while self.idle:
-            s = self.idle.pop(0)
-            problem = self._problem(s, env)
-            if problem is None:
-                try:
-                    self._enter(s, Path(cwd), env)
-                    return self._taken(s)
-                except KernelError as e: problem = str(e)
-            self.discarded.append(problem)
-            warnings.warn(f"spare kernel (pid {s.pid}) not used: {problem}; starting a new one")
-            self._kill(s)
-        s = self._launch(warm=False)
-        try: self._enter(s, Path(cwd), env)
-        except KernelError:
-            self._kill(s)
-            raise
-        return self._taken(s)
-
-    def _taken(self, s: Spare) -> Spare:
-        s.kc.stop_channels()  # papermill's client takes over
-        self.running[s.pid] = s
-        return s
-
-    def release(self, s: Spare, wait: float = 5.0):
+    def release(self, km, wait: float = 5.0):
         "After the stage: the kernel is gone (papermill shuts it down; killed here if it is not, after `wait` s)."
-        self.running.pop(s.pid, None)
-        try: s.proc.wait(timeout=wait)
-        except Exception: self._kill(s)
-
-    def _kill(self, s: Spare):
-        try: s.kc.stop_channels()
-        except Exception: pass
-        if s.alive():
-            try: os.killpg(s.pid, signal.SIGKILL)  # the kernel and whatever it started (its own session)
-            except ProcessLookupError: pass
-            try: s.proc.wait(timeout=10)
+        pid = next((p for p, (k, _) in self.running.items() if k is km), None)
+        if pid is None: return
+        _, proc = self.running.pop(pid)
+        try: proc.wait(timeout=wait)
+        except Exception:
+            try: os.killpg(pid, signal.SIGKILL)  # the kernel and whatever it started (its own session)
+            except (ProcessLookupError, PermissionError): pass
+            try: proc.wait(timeout=10)
             except Exception: pass
         try:
             from jupyter_core.utils import run_sync
-            run_sync(s.km.cleanup_resources)()  # its connection file
+            run_sync(km.cleanup_resources)()  # its connection file
         except Exception: pass
+        self._close_retired()
+
+    def _close_retired(self):
+        "Close replaced servers none of whose kernels still run."
+        busy = {getattr(p, "server", None) for _, p in self.running.values()}
+        for s in [s for s in self.retired if s not in busy]:
+            s.close(); self.retired.remove(s)
 
     def pids(self) -> list[int]:
-        "The PIDs of the kernels this pool started that are still running."
-        return [s.pid for s in [*self.idle, *self.running.values()] if s.alive()]
+        "The PIDs of the servers and kernels this pool started that are still running."
+        servers = [s.pid for s in [self.server, *self.retired] if s is not None and s.alive()]
+        return servers + [pid for pid, (_, p) in self.running.items() if p.poll() is None]
 
     def close(self):
-        "Kill every kernel this pool still has, by the PID it started."
-        for s in [*self.idle, *self.running.values()]: self._kill(s)
-        self.idle.clear(); self.running.clear()
+        "Kill every kernel and server this pool still has, by the PID it started."
+        for km in [k for k, _ in list(self.running.values())]: self.release(km, wait=0)
+        for s in [self.server, *self.retired]:
+            if s is not None: s.close()
+        self.server, self.retired = None, []
 
-# %% ../../nbs/pipeline/65_kernels.ipynb #k0000021
+# %% ../../nbs/pipeline/65_kernels.ipynb #k0000030
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
 from papermill.log import logger
@@ -232,28 +442,37 @@ def execute_in(pool: KernelPool, input_path: str | Path, output_path: str | Path
     "`papermill.execute_notebook(input_path, output_path, cwd=cwd, **kwargs)` in a kernel of `pool`, used for it alone."
     import papermill as pm
     t0 = time.perf_counter()
-    try: s = pool.take(cwd)
+    try: km = pool.take(cwd)
     finally: pool.last_take_seconds = round(time.perf_counter() - t0, 3)
-    # the next stage's kernel starts now and imports while this one runs; with more spares, one more starts after it,
-    # so that their imports never compete with each other (each has at least one stage's time to finish)
-    pool.refill(at_most=1)
-    try: return pm.execute_notebook(str(input_path), str(output_path), cwd=str(cwd), engine_name=ENGINE, km=s.km, **kwargs)
-    finally:
-        pool.release(s)
-        pool.refill(at_most=1)
+    try: return pm.execute_notebook(str(input_path), str(output_path), cwd=str(cwd), engine_name=ENGINE, km=km, **kwargs)
+    finally: pool.release(km)
 
-# %% ../../nbs/pipeline/65_kernels.ipynb #k0000025
-SPARES_ENV = "KD_GAT_KERNEL_SPARES"
+# %% ../../nbs/pipeline/65_kernels.ipynb #k0000034
+FORK_ENV = "KD_GAT_FORK_KERNELS"
 _POOLS: dict[tuple, KernelPool] = {}
 
-def process_pool(kernel_name: str, modules: Sequence[str]) -> KernelPool | None:
-    "This process's pool of kernels `kernel_name` importing `modules` (None when `KD_GAT_KERNEL_SPARES` is 0)."
-    raw = os.environ.get(SPARES_ENV, "0").strip() or "0"
-    try: spares = int(raw)
-    except ValueError: raise ValueError(f"{SPARES_ENV}={raw!r}: expected a whole number of spare kernels (0 turns them off)")
-    if spares <= 0: return None
-    key = (kernel_name, tuple(modules), spares)
+def forking() -> bool:
+    "Whether stage kernels are forked (`KD_GAT_FORK_KERNELS`, default 1) or started by papermill (0)."
+    raw = os.environ.get(FORK_ENV, "1").strip().lower() or "1"
+    if raw not in ("0", "1", "on", "off", "true", "false", "yes", "no"):
+        raise ValueError(f"{FORK_ENV}={raw!r}: expected 1 (fork each stage's kernel from a server) or 0 (papermill starts each kernel)")
+    return raw not in ("0", "off", "false", "no")
+
+def process_pool(kernel_name: str, modules: Sequence[str], shared: str | None = None) -> KernelPool | None:
+    "This process's pool of kernels `kernel_name` forked from a server importing `modules` (None when forking is off)."
+    if not forking(): return None
+    key = (kernel_name, tuple(modules), shared)
     if key not in _POOLS:
         for other in [k for k in _POOLS if k[0] == kernel_name]: _POOLS.pop(other).close()  # the stage notebooks changed
-        _POOLS[key] = KernelPool(kernel_name, modules, spares)
+        _POOLS[key] = KernelPool(kernel_name, modules, shared=shared)
     return _POOLS[key]
+
+@contextlib.contextmanager
+def node_fork_server(modules: Sequence[str], env: Mapping[str, str] | None = None, log: str | Path | None = None):
+    "A fork server for every process of this machine that runs stages (its address; None when forking is off), closed on leaving."
+    if not forking():
+        yield None
+        return
+    server = ForkServer(modules, env, log=log)
+    try: yield server.address
+    finally: server.close()
