@@ -49,7 +49,7 @@ test-nbs: setup
 	fi
 
 test-py: setup
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --durations=15
 
 # the library is generated from the notebooks, the notebooks are clean, README.md comes from nbs/index.ipynb
 check-sync: setup

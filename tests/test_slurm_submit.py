@@ -95,6 +95,13 @@ def test_submit_dag_as_jobs(slurm, tmp_path):
     assert st.loc["synthetic/none/seed1/large/evaluate", "state"] == "COMPLETED"
     assert st.loc["(finish)", "state"] == "COMPLETED"
     assert st.loc["synthetic/none/seed0/large/gat", "max_rss"] != ""  # the batch step's peak memory
+    # without accounting, scontrol says the same of the jobs slurmctld still remembers (MinJobAge: 5 minutes after
+    # they end; the finishing job ended seconds ago)
+    from kdgat.pipeline.slurm import scontrol_jobs
+    ctl = scontrol_jobs(st.job.tolist()).set_index("job")
+    assert st.loc["(finish)", "job"] in ctl.index, ctl
+    for j in ctl.index.intersection(st.job):
+        assert ctl.loc[j, "state"] == st.set_index("job").loc[j, "state"], (j, ctl.loc[j], st[st.job == j])
 
     # dependencies honoured: every stage's job started after each of its upstream stages' jobs ended
     from kdgat.pipeline.runs import RunFolder

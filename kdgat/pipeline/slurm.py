@@ -19,7 +19,8 @@ from .stages import (FAILED, MARKER, SKIPPED, STAGED_CACHE_ENV, StageRef, is_com
 __all__ = ['SLURM_DIR', 'SLURM_JSON', 'SACCT_FIELDS', 'resource_kind', 'sbatch_resources', 'SlurmJob', 'plan_jobs',
            'project_root', 'sbatch_command', 'job_environment', 'SlurmError', 'Submission', 'finish_command',
            'completed_stages', 'submit_run', 'downstream', 'has_outcome', 'skip_downstream', 'run_job', 'stage_cache',
-           'read_plan', 'stage_jobs', 'sacct_jobs', 'reconcile', 'finish_run', 'slurm_status']
+           'read_plan', 'stage_jobs', 'sacct_jobs', 'scontrol_rows', 'scontrol_jobs', 'slurm_jobs', 'reconcile',
+           'finish_run', 'slurm_status']
 
 # %% ../../nbs/pipeline/64_slurm.ipynb #a6400008
 def resource_kind(ref: StageRef) -> str:
@@ -315,6 +316,46 @@ def sacct_jobs(job_ids: Sequence[str]) -> pd.DataFrame:
         if job in rows: rows[job]["max_rss"] = v
     return pd.DataFrame(list(rows.values()), columns=cols)
 
+_SCONTROL_KEY = re.compile(r"(?:^|\s)([A-Za-z][\w/:]*)=")
+
+def scontrol_rows(text: str) -> pd.DataFrame:
+    "`scontrol show job -o` output as sacct_jobs' rows (array tasks one row each, a pending range expanded; no MaxRSS)."
+    rows = []
+    for line in text.splitlines():
+        keys = list(_SCONTROL_KEY.finditer(line))  # values may hold spaces (Reason, Command): each runs to the next key
+        f = {m.group(1): line[m.end():keys[i + 1].start() if i + 1 < len(keys) else len(line)].strip() for i, m in enumerate(keys)}
+        if not f.get("JobId"): continue
+        tasks = [f["JobId"]]
+        if f.get("ArrayJobId") and f.get("ArrayTaskId"):
+            spec = f["ArrayTaskId"].split("%")[0]  # 0-4%2: tasks 0 to 4, two at a time
+            ids = [str(i) for part in spec.split(",") for a, _, b in [part.partition("-")] for i in range(int(a), int(b or a) + 1)]
+            tasks = [f"{f['ArrayJobId']}_{i}" for i in ids]
+        node = f.get("NodeList", "")
+        for job in tasks:
+            rows.append({"job": job, "state": f.get("JobState", ""), "exit_code": f.get("ExitCode", ""),
+                         "elapsed": f.get("RunTime", ""), "node": "" if node in ("(null)", "None assigned") else node,
+                         "max_rss": "", "start": f.get("StartTime", ""), "end": f.get("EndTime", "")})
+    return pd.DataFrame(rows, columns=["job", "state", "exit_code", "elapsed", "node", "max_rss", "start", "end"])
+
+def scontrol_jobs(job_ids: Sequence[str]) -> pd.DataFrame:
+    "What slurmctld still holds of jobs (pending, running, or ended within its MinJobAge): where sacct has nothing."
+    ids = sorted({str(i).split("_")[0] for i in job_ids if i})
+    if not ids or not shutil.which("scontrol"): return scontrol_rows("")
+    out = []
+    for jid in ids:  # one call per job: a job slurmctld forgot makes the whole call fail
+        r = subprocess.run(["scontrol", "show", "job", "-o", jid], capture_output=True, text=True, timeout=60)
+        if r.returncode == 0: out.append(r.stdout)
+    return scontrol_rows("\n".join(out))
+
+def slurm_jobs(job_ids: Sequence[str]) -> pd.DataFrame:
+    "sacct's view of jobs, and scontrol's for those sacct does not know (no accounting on the cluster, or not written yet)."
+    acct = sacct_jobs(job_ids)
+    missing = [j for j in job_ids if j and str(j) not in set(acct.job)]
+    if not missing: return acct
+    ctl = scontrol_jobs(missing)
+    ctl = ctl[ctl.job.isin([str(j) for j in missing])]
+    return pd.concat([acct, ctl], ignore_index=True) if len(acct) else ctl
+
 def _started(t: str) -> bool: return bool(t) and t not in ("Unknown", "None")
 
 def reconcile(run_dir: Path, lakehouse=None) -> list[str]:
@@ -323,7 +364,7 @@ def reconcile(run_dir: Path, lakehouse=None) -> list[str]:
     run = RunFolder(Path(run_dir))
     plan = read_plan(run.path)
     jobs = stage_jobs(plan)
-    acct = sacct_jobs(list(jobs.values())).set_index("job") if jobs else pd.DataFrame()
+    acct = slurm_jobs(list(jobs.values())).set_index("job") if jobs else pd.DataFrame()
     stages = run.stages()
     out = []
     for s in stages:  # upstream first: a killed stage is recorded before its dependents
@@ -389,11 +430,11 @@ def finish_run(run_dir: str | Path, log: Callable[[str], None] = print) -> dict:
 
 # %% ../../nbs/pipeline/64_slurm.ipynb #a6400028
 def slurm_status(run_dir: str | Path) -> pd.DataFrame:
-    "Per stage of a submitted run: job id and what sacct says about it (empty columns where sacct has nothing)."
+    "Per stage of a submitted run: job id and what sacct (else scontrol) says about it (empty columns where neither knows it)."
     plan = read_plan(Path(run_dir))
     jobs = stage_jobs(plan)
     fin = (plan.get("finish") or {}).get("job_id")
-    acct = sacct_jobs([*jobs.values(), *([fin] if fin else [])])
+    acct = slurm_jobs([*jobs.values(), *([fin] if fin else [])])
     rows = pd.DataFrame([{"stage": k, "job": j} for k, j in jobs.items()] + ([{"stage": "(finish)", "job": str(fin)}] if fin else []),
                         columns=["stage", "job"])
     return rows.merge(acct, on="job", how="left").fillna("")
