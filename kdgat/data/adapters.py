@@ -85,7 +85,7 @@ class DomainAdapter(ABC):
         "Fit the vocabulary on the training files among `files` (the others are ignored)."
         train = [f for f in files if f.split == "train"]
         if not train: raise CatalogError("no training files: the vocabulary is fitted on training files only")
-        return EntityVocabulary.fit(*[self.read_entity_ids(f) for f in train])
+        return EntityVocabulary.fit_each(self.read_entity_ids(f) for f in train)  # one file's IDs in memory at a time
 
 # %% ../../nbs/data/15_adapters.ipynb #a49927f0
 class CANBusAdapter(DomainAdapter):

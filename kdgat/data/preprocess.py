@@ -301,8 +301,9 @@ def preprocess_dataset(dataset: str | DatasetEntry,  # catalog name or entry
     if vocab_path.is_file(): vocab = EntityVocabulary.load(vocab_path)
     else:
         if not train: raise CatalogError(f"dataset {entry.name!r} has no training files: the vocabulary is fitted on training files only")
-        vocab = EntityVocabulary.fit(*[adapter.read_entity_ids(f) if f.time_range is None else
-                                       time_slice(adapter.read_raw(f), f.time_range).can_id for f in train])
+        # file after file, so that the driver holds one file's IDs at a time, not the whole training set's
+        vocab = EntityVocabulary.fit_each(adapter.read_entity_ids(f) if f.time_range is None else
+                                          time_slice(adapter.read_raw(f), f.time_range).can_id for f in train)
         vocab.save(vocab_path)
     code = code_version()
     graphs_root = paths.cache_root / "graphs"

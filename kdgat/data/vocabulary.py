@@ -23,8 +23,14 @@ class EntityVocabulary:
     @classmethod
     def fit(cls, *id_arrays: np.ndarray) -> EntityVocabulary:
         "Fit on the IDs of one or more (training) arrays."
-        arrays = [np.asarray(a, dtype=np.int64) for a in id_arrays]
-        return cls(np.unique(np.concatenate(arrays)) if arrays else np.empty(0, np.int64))
+        return cls.fit_each(id_arrays)
+
+    @classmethod
+    def fit_each(cls, id_arrays: Iterable[np.ndarray]) -> EntityVocabulary:
+        "Fit on arrays taken one at a time (a generator reading file after file): memory of one file's IDs, not all."
+        known = np.empty(0, np.int64)
+        for a in id_arrays: known = np.union1d(known, np.unique(np.asarray(a, dtype=np.int64)))
+        return cls(known)
 
     @property
     def oov_index(self) -> int: return len(self.ids)
