@@ -15,9 +15,10 @@ OPTIONS = ["--dataset", "synthetic", "--seeds", "0", "1", "--variants", "large",
            "--set", "training.max_epochs=1", "--set", "explain.epochs=5", "--set", "explain.windows_per_kind=1",
            "--set", "explain.seeds=1", "--set", "models.gat_small.pool_aggrs=[nonsense]"]
 # the defaults (8 CPUs, 85 GB) do not fit the test node: one CPU and 2 GB per job
-for kind in ("preprocess", "train", "train_fusion", "evaluate", "explain"):
-    OPTIONS += ["--set", f"slurm.resources.{kind}.cpus=1", "--set", f"slurm.resources.{kind}.mem=2G",
-                "--set", f"slurm.resources.{kind}.time=00:20:00"]
+RESOURCES = [a for kind in ("preprocess", "train", "train_fusion", "evaluate", "explain")
+             for a in ("--set", f"slurm.resources.{kind}.cpus=1", "--set", f"slurm.resources.{kind}.mem=2G",
+                       "--set", f"slurm.resources.{kind}.time=00:20:00")]
+OPTIONS += RESOURCES
 
 
 def _sacct_works():
@@ -126,3 +127,36 @@ def test_submit_dag_as_jobs(slurm, tmp_path):
     assert s.returncode == 4, s.stdout + s.stderr
     assert "SLURM jobs (sacct)" in s.stdout and "CANCELLED" in s.stdout and "COMPLETED" in s.stdout, s.stdout
     assert "skipped: synthetic/none/seed0/small/fusion: upstream stage synthetic/none/seed0/small/gat failed" in s.stdout
+
+
+@pytest.mark.slow
+def test_arrays_over_datasets_cancel_only_the_failing_dataset(slurm, tmp_path):
+    "Two datasets, one seed: one array job per stage over both; the dataset whose preprocessing fails loses its own tasks only."
+    if not _sacct_works():
+        msg = "sacct does not answer: the cluster has no accounting (slurm/cluster.sh up starts slurmdbd)"
+        if REQUIRE: pytest.fail(msg)
+        pytest.skip(msg)
+    data = tmp_path / "data"
+    (data / "raw" / "empty").mkdir(parents=True)  # a dataset without a training file: its preprocessing fails
+    (data / "catalog.yaml").write_text("synthetic:\n  raw: synthetic/tiny\n  synthetic: {seed: 2, scale: 0.2}\n"
+                                       f"empty:\n  raw: {data / 'raw' / 'empty'}\n  train: [train]\n")
+    env = {**os.environ, "KD_GAT_DATA_ROOT": str(data), "KD_GAT_S3_ENDPOINT": "none", "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for var in ("KD_GAT_RAW_ROOT", "KD_GAT_CACHE_ROOT"): env.pop(var, None)
+    opts = ["--dataset", "synthetic", "empty", "--seeds", "0", "--variants", "small", "--no-baseline",
+            "--set", "training.max_epochs=1", "--set", "explain.seeds=0", *RESOURCES]
+    r = _kdgat("slurm", "submit", *opts, "--tag", "twodatasets", "--wait", env=env)
+    assert r.returncode == 4, (r.stdout + r.stderr)[-4000:]
+    run = next((data / "runs").glob("*-twodatasets"))
+    plan = json.loads((run / "slurm.json").read_text())
+    assert [j["name"] for j in plan["jobs"]] == ["datasets/preprocess", "datasets/none/seeds/small/vgae", "datasets/none/seeds/small/gat",
+                                                 "datasets/none/seeds/small/fusion", "datasets/none/seeds/small/evaluate"], plan["jobs"]
+    assert all(j["array"] for j in plan["jobs"])
+    from kdgat.pipeline.slurm import slurm_status
+    st = slurm_status(run).set_index("stage")
+    assert (st.loc["empty/preprocess", "state"], st.loc["synthetic/preprocess", "state"]) == ("FAILED", "COMPLETED"), st
+    for m in ("vgae", "gat", "fusion", "evaluate"):  # task to task: only the failing dataset's tasks were cancelled
+        assert st.loc[f"synthetic/none/seed0/small/{m}", "state"] == "COMPLETED", st
+        assert st.loc[f"empty/none/seed0/small/{m}", "state"] == "CANCELLED", st
+    done = json.loads((run / "_COMPLETE.json").read_text())
+    assert done["counts"] == {"success": 5, "failed": 1, "skipped": 4}, done["counts"]

@@ -53,14 +53,18 @@ class SlurmJob:
     @property
     def log_name(self) -> str: return self.name.replace("/", "__") + ("_%a" if self.array else "")
 
-def _group_name(ref: StageRef) -> str:
-    return ref.key if ref.seed is None else ref.key.replace(f"/seed{ref.seed}/", "/seeds/", 1)
+def _group_name(ref: StageRef, datasets: bool = False) -> str:
+    "The job a stage belongs to: its key with the seed as `seeds` (and, across datasets, the dataset as `datasets`)."
+    name = ref.key if ref.seed is None else ref.key.replace(f"/seed{ref.seed}/", "/seeds/", 1)
+    return "datasets/" + name.split("/", 1)[1] if datasets else name
 
-def plan_jobs(stages: Sequence[StageRef], arrays: bool = True, done: frozenset[StageRef] = frozenset()) -> list[SlurmJob]:
-    "The run's stages (upstream first) as jobs, in an order where every job comes after the jobs it waits for."
-    todo = [s for s in stages if s not in done]
-    groups: dict[str, list[StageRef]] = {}
-    for s in todo: groups.setdefault(_group_name(s) if arrays else s.key, []).append(s)
+def _link(job: SlurmJob, up: SlurmJob, pairs: set[tuple[int, int]]) -> str:
+    "aftercorr where task i of `job` reads exactly task i of the array `up` (for every i), else afterok."
+    corr = job.array and up.array and all(i == j for i, j in pairs) and {i for i, _ in pairs} == set(range(len(job.stages)))
+    return "aftercorr" if corr else "afterok"
+
+def _linked(groups: dict[str, list[StageRef]]) -> dict[str, SlurmJob]:
+    "Jobs of `groups`, each with what it waits for."
     jobs = {name: SlurmJob(name, resource_kind(ss[0]), ss, array=len(ss) > 1) for name, ss in groups.items()}
     where = {s: (job, i) for job in jobs.values() for i, s in enumerate(job.stages)}
     for job in jobs.values():
@@ -68,9 +72,26 @@ def plan_jobs(stages: Sequence[StageRef], arrays: bool = True, done: frozenset[S
         for i, s in enumerate(job.stages):
             for d in s.deps():
                 if d in where: ups.setdefault(where[d][0].name, set()).add((i, where[d][1]))
-        for up, pairs in ups.items():
-            corr = job.array and jobs[up].array and all(i == j for i, j in pairs) and {i for i, _ in pairs} == set(range(len(job.stages)))
-            job.after[up] = "aftercorr" if corr else "afterok"
+        job.after = {up: _link(job, jobs[up], pairs) for up, pairs in ups.items()}
+    return jobs
+
+def plan_jobs(stages: Sequence[StageRef], arrays: bool = True, done: frozenset[StageRef] = frozenset()) -> list[SlurmJob]:
+    "The run's stages (upstream first) as jobs, in an order where every job comes after the jobs it waits for."
+    todo = [s for s in stages if s not in done]
+    groups: dict[str, list[StageRef]] = {}
+    for s in todo: groups.setdefault(_group_name(s, datasets=arrays) if arrays else s.key, []).append(s)
+    for name in [n for n in groups if n.startswith("datasets/")]:  # one dataset: the name it has without merging
+        if len({s.dataset for s in groups[name]}) == 1:
+            ss = groups.pop(name)
+            groups[_group_name(ss[0])] = ss
+    while True:  # an array over datasets stays only where every link to it, and from it, is task to task
+        jobs = _linked(groups)
+        loose = {up for j in jobs.values() for up, how in j.after.items() if how != "aftercorr"}
+        loose |= {j.name for j in jobs.values() if any(how != "aftercorr" for how in j.after.values())}
+        split = [n for n in loose if n.startswith("datasets/")]
+        if not split: break
+        for name in split:
+            for s in groups.pop(name): groups.setdefault(_group_name(s), []).append(s)
     order: dict[str, None] = {}
     def visit(name: str):
         if name in order: return
