@@ -19,8 +19,8 @@ from .stages import (FAILED, MARKER, SKIPPED, STAGED_CACHE_ENV, StageRef, is_com
 __all__ = ['SLURM_DIR', 'SLURM_JSON', 'SACCT_FIELDS', 'resource_kind', 'sbatch_resources', 'SlurmJob', 'plan_jobs',
            'project_root', 'sbatch_command', 'job_environment', 'SlurmError', 'Submission', 'finish_command',
            'completed_stages', 'submit_run', 'downstream', 'has_outcome', 'skip_downstream', 'run_job', 'stage_cache',
-           'read_plan', 'stage_jobs', 'sacct_jobs', 'scontrol_rows', 'scontrol_jobs', 'slurm_jobs', 'reconcile',
-           'finish_run', 'slurm_status']
+           'read_plan', 'stage_jobs', 'sacct_rows', 'sacct_jobs', 'scontrol_rows', 'scontrol_jobs', 'slurm_jobs',
+           'reconcile', 'finish_run', 'slurm_status']
 
 # %% ../../nbs/pipeline/64_slurm.ipynb #a6400008
 def resource_kind(ref: StageRef) -> str:
@@ -314,28 +314,39 @@ def stage_jobs(plan: dict) -> dict[str, str]:
 
 SACCT_FIELDS = ["JobID", "JobName", "State", "ExitCode", "Elapsed", "NodeList", "MaxRSS", "Start", "End"]
 
-def sacct_jobs(job_ids: Sequence[str]) -> pd.DataFrame:
-    "sacct's view of jobs (array tasks one row each; MaxRSS from the job's batch step); empty when sacct cannot answer."
-    cols = ["job", "state", "exit_code", "elapsed", "node", "max_rss", "start", "end"]
-    ids = sorted({str(i).split("_")[0] for i in job_ids if i})
-    if not ids or not shutil.which("sacct"): return pd.DataFrame(columns=cols)
-    r = subprocess.run(["sacct", "-n", "-P", "-j", ",".join(ids), "--format=" + ",".join(SACCT_FIELDS)],
-                       capture_output=True, text=True, timeout=60)
-    if r.returncode != 0: return pd.DataFrame(columns=cols)
+_COLUMNS = ["job", "state", "exit_code", "elapsed", "node", "max_rss", "start", "end"]
+
+def _array_tasks(spec: str) -> list[str]:
+    "Task ids of an array range as SLURM writes it: `0-4%2`, `[0-1,3]` (the `%` limit dropped)."
+    spec = spec.strip("[]").split("%")[0]
+    return [str(i) for part in spec.split(",") for a, _, b in [part.partition("-")] for i in range(int(a), int(b or a) + 1)]
+
+def sacct_rows(text: str) -> pd.DataFrame:
+    "`sacct -n -P --format=<SACCT_FIELDS>` output as rows: one per job or array task (a never-started range `7_[0-2]` expanded)."
     rows, rss = {}, {}
-    for line in r.stdout.splitlines():
+    for line in text.splitlines():
         f = dict(zip(SACCT_FIELDS, line.split("|")))
         if len(f) < len(SACCT_FIELDS): continue
         job, _, step = f["JobID"].partition(".")
         if step:
             if f["MaxRSS"]: rss[job] = f["MaxRSS"]
             continue
-        rows[job] = {"job": job, "state": f["State"].split()[0], "exit_code": f["ExitCode"], "elapsed": f["Elapsed"],
-                     "node": "" if f["NodeList"] in ("None assigned", "(null)") else f["NodeList"],
-                     "start": f["Start"], "end": f["End"]}
+        base, _, tasks = job.partition("_")
+        for one in ([f"{base}_{t}" for t in _array_tasks(tasks)] if tasks.startswith("[") else [job]):
+            rows[one] = {"job": one, "state": f["State"].split()[0], "exit_code": f["ExitCode"], "elapsed": f["Elapsed"],
+                         "node": "" if f["NodeList"] in ("None assigned", "(null)") else f["NodeList"],
+                         "start": f["Start"], "end": f["End"]}
     for job, v in rss.items():
         if job in rows: rows[job]["max_rss"] = v
-    return pd.DataFrame(list(rows.values()), columns=cols)
+    return pd.DataFrame(list(rows.values()), columns=_COLUMNS)
+
+def sacct_jobs(job_ids: Sequence[str]) -> pd.DataFrame:
+    "sacct's view of jobs (array tasks one row each; MaxRSS from the job's batch step); empty when sacct cannot answer."
+    ids = sorted({str(i).split("_")[0] for i in job_ids if i})
+    if not ids or not shutil.which("sacct"): return sacct_rows("")
+    r = subprocess.run(["sacct", "-n", "-P", "-j", ",".join(ids), "--format=" + ",".join(SACCT_FIELDS)],
+                       capture_output=True, text=True, timeout=60)
+    return sacct_rows(r.stdout if r.returncode == 0 else "")
 
 _SCONTROL_KEY = re.compile(r"(?:^|\s)([A-Za-z][\w/:]*)=")
 
@@ -347,16 +358,17 @@ def scontrol_rows(text: str) -> pd.DataFrame:
         f = {m.group(1): line[m.end():keys[i + 1].start() if i + 1 < len(keys) else len(line)].strip() for i, m in enumerate(keys)}
         if not f.get("JobId"): continue
         tasks = [f["JobId"]]
-        if f.get("ArrayJobId") and f.get("ArrayTaskId"):
-            spec = f["ArrayTaskId"].split("%")[0]  # 0-4%2: tasks 0 to 4, two at a time
-            ids = [str(i) for part in spec.split(",") for a, _, b in [part.partition("-")] for i in range(int(a), int(b or a) + 1)]
-            tasks = [f"{f['ArrayJobId']}_{i}" for i in ids]
+        if f.get("ArrayJobId") and f.get("ArrayTaskId"): tasks = [f"{f['ArrayJobId']}_{t}" for t in _array_tasks(f["ArrayTaskId"])]
         node = f.get("NodeList", "")
+        node = "" if node in ("(null)", "None assigned") else node
+        # a job cancelled while pending gets the cancel time as StartTime from scontrol (sacct says None): a job that
+        # never had a node never started, which `reconcile` needs to record it skipped rather than failed
+        start = f.get("StartTime", "") if node else "None"
         for job in tasks:
             rows.append({"job": job, "state": f.get("JobState", ""), "exit_code": f.get("ExitCode", ""),
-                         "elapsed": f.get("RunTime", ""), "node": "" if node in ("(null)", "None assigned") else node,
-                         "max_rss": "", "start": f.get("StartTime", ""), "end": f.get("EndTime", "")})
-    return pd.DataFrame(rows, columns=["job", "state", "exit_code", "elapsed", "node", "max_rss", "start", "end"])
+                         "elapsed": f.get("RunTime", ""), "node": node, "max_rss": "", "start": start,
+                         "end": f.get("EndTime", "")})
+    return pd.DataFrame(rows, columns=_COLUMNS)
 
 def scontrol_jobs(job_ids: Sequence[str]) -> pd.DataFrame:
     "What slurmctld still holds of jobs (pending, running, or ended within its MinJobAge): where sacct has nothing."
