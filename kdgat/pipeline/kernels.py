@@ -352,7 +352,14 @@ class KernelPool:
         km.provisioner = ForkProvisioner(kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km)
         km.provisioner.server = server
         # as nbclient starts its kernels: IPython's history in memory, not in a SQLite file every kernel would lock
-        run_sync(km.start_kernel)(extra_arguments=["--HistoryManager.hist_file=:memory:"], env=env, cwd=str(cwd))
+        try: run_sync(km.start_kernel)(extra_arguments=["--HistoryManager.hist_file=:memory:"], env=env, cwd=str(cwd))
+        except (OSError, KernelError) as e:
+            if server is None or server is not self._shared: raise
+            # the node's server is gone (killed, out of memory): the rest of this worker's stages need not fail with it
+            self._warn_once(f"the node's fork server stopped answering ({e}); this process starts its own")
+            self._shared = False
+            with contextlib.suppress(Exception): run_sync(km.cleanup_resources)()
+            return self.take(cwd, env)
         proc = km.provisioner.process
         self.running[proc.pid] = (km, proc)
         try: self._answer(km, proc)
